@@ -1,0 +1,1 @@
+"""HTTP layer: request parsing, validation and mapping to the service layer."""

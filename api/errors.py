@@ -1,0 +1,116 @@
+"""Every error leaves as `{"error": {"code", "message"}}` with the fitting status."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, TimeoutError as PoolTimeout
+from werkzeug.exceptions import HTTPException
+
+from services.errors import (
+    DatabaseUnavailable,
+    InvalidRequest,
+    NotFound,
+    ServiceError,
+    UpstreamError,
+    UpstreamNotConfigured,
+    UpstreamTimeout,
+)
+
+log = logging.getLogger(__name__)
+
+# Most specific first: the first class an error is an instance of decides.
+STATUS_BY_ERROR: list[tuple[type[ServiceError], int]] = [
+    (InvalidRequest, 400),
+    (NotFound, 404),
+    (UpstreamTimeout, 504),
+    (UpstreamError, 502),
+    (UpstreamNotConfigured, 503),
+    (DatabaseUnavailable, 503),
+]
+
+HTTP_CODES = {
+    400: "invalid_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def error_body(code: str, message: str, **details: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, **details}}
+
+
+def error_response(status: int, code: str, message: str, **details: Any) -> Response:
+    response = jsonify(error_body(code, message, **details))
+    response.status_code = status
+    return response
+
+
+def status_of(error: ServiceError) -> int:
+    return next((status for kind, status in STATUS_BY_ERROR if isinstance(error, kind)), 500)
+
+
+def validation_message(error: ValidationError) -> str:
+    """Name the offending field(s): `limit: Input should be less than or equal to 100`."""
+    parts = []
+    for item in error.errors(include_url=False):
+        field = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "json_invalid":
+            message = f"The body is not valid JSON ({message.removeprefix('Invalid JSON: ')})."
+        elif item["type"] == "model_type":
+            message = "The body must be a JSON object."
+        parts.append(f"{field}: {message}" if field else message)
+    return "; ".join(parts)
+
+
+def as_service_error(error: Exception) -> ServiceError | None:
+    """The domain meaning of an exception, when it has one."""
+    if isinstance(error, ServiceError):
+        return error
+    if isinstance(error, ValidationError):
+        return InvalidRequest(validation_message(error))
+    if isinstance(error, (DisconnectionError, PoolTimeout)) or (
+        isinstance(error, DBAPIError) and error.connection_invalidated
+    ):
+        return DatabaseUnavailable("The database is unreachable; try again shortly.")
+    if isinstance(error, DBAPIError) and type(error).__name__ in ("OperationalError", "InterfaceError"):
+        return DatabaseUnavailable("The database is unreachable; try again shortly.")
+    return None
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        code = HTTP_CODES.get(status, "http_error")
+        message = {
+            404: "No such route; see the README for the API.",
+            405: "Method not allowed; every route takes POST with a JSON body.",
+            413: "The body is too large (see MAX_BODY_BYTES).",
+            415: "Send a JSON body with Content-Type: application/json.",
+        }.get(status, error.description or error.name)
+        response = error_response(status, code, message)
+        if status == 405 and error.valid_methods:  # type: ignore[attr-defined]
+            response.headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
+        return response
+
+    @app.errorhandler(Exception)
+    def any_error(error: Exception) -> Response:
+        service_error = as_service_error(error)
+        if service_error is None:
+            log.exception("unhandled error")
+            return error_response(500, "internal_error", "Something went wrong on our side.")
+        if isinstance(service_error, DatabaseUnavailable):
+            log.warning("database unavailable: %s", error)
+        return error_response(
+            status_of(service_error),
+            service_error.code,
+            service_error.message,
+            **service_error.details,
+        )

@@ -1,0 +1,113 @@
+"""Server-sent events for streamed answers, with keep-alive comments during silences."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Response
+
+from api.errors import as_service_error, error_body
+from api.payloads import answer_payload
+from services.conversations import AnswerEvent
+
+KEEP_ALIVE = ": keep-alive\n\n"
+DONE = "data: [DONE]\n\n"
+HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # nginx: pass each event on at once
+}
+
+
+class _End:
+    pass
+
+
+class EventPump:
+    """Reads the answer on its own thread, so the response can speak while the upstream is silent.
+
+    Closing the pump asks the reader to stop at the next event: it then closes the
+    answer, which cancels the upstream call and stores the text so far.
+    """
+
+    def __init__(self, events: Iterator[AnswerEvent]) -> None:
+        self._events = events
+        self._queue: queue.Queue[AnswerEvent | BaseException | _End] = queue.Queue()
+        self._stopped = threading.Event()
+        threading.Thread(target=self._run, name="answer-pump", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            for event in self._events:
+                self._queue.put(event)
+                if self._stopped.is_set():
+                    break
+        except BaseException as error:  # handed to the response thread
+            self._queue.put(error)
+        else:
+            self._queue.put(_End())
+        finally:
+            self._events.close()  # type: ignore[attr-defined]
+
+    def get(self, timeout: float) -> AnswerEvent | BaseException | _End | None:
+        """The next item, or None after `timeout` seconds of silence."""
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        self._stopped.set()
+
+
+def _data(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+def event_text(event: AnswerEvent) -> str:
+    return _data({"response": answer_payload(event.answer), "delta": event.delta})
+
+
+def error_text(error: BaseException) -> str:
+    service_error = as_service_error(error) if isinstance(error, Exception) else None
+    if service_error is None:
+        return "event: error\n" + _data(error_body("internal_error", "Something went wrong on our side."))
+    return "event: error\n" + _data(
+        error_body(service_error.code, service_error.message, **service_error.details)
+    )
+
+
+def stream_response(events: Iterator[AnswerEvent], keep_alive: float) -> Response:
+    """Wait briefly for the first event, so an early failure still gets its HTTP status."""
+    pump = EventPump(events)
+    first = pump.get(keep_alive)
+    if isinstance(first, BaseException):
+        raise first
+    if isinstance(first, _End):  # an answer always ends with a final event; defensive
+        first = None
+    return Response(
+        _lines(pump, first, keep_alive), mimetype="text/event-stream", headers=HEADERS
+    )
+
+
+def _lines(pump: EventPump, first: AnswerEvent | None, keep_alive: float) -> Iterator[str]:
+    """The response body: events as they come, an error event if the answer breaks off."""
+    try:
+        yield event_text(first) if first is not None else KEEP_ALIVE
+        while True:
+            item = pump.get(keep_alive)
+            if item is None:
+                yield KEEP_ALIVE
+            elif isinstance(item, _End):
+                break
+            elif isinstance(item, BaseException):
+                yield error_text(item)
+                break
+            else:
+                yield event_text(item)
+        yield DONE
+    finally:
+        pump.close()

@@ -1,0 +1,48 @@
+"""Domain exceptions. `api/errors.py` maps each one to an HTTP status in one place."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base of every error the service layer raises on purpose."""
+
+    code = "error"
+
+    def __init__(self, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class NotFound(ServiceError):
+    code = "not_found"
+
+
+class ConversationNotFound(NotFound):
+    code = "conversation_not_found"
+
+
+class ParentNotFound(NotFound):
+    code = "parent_not_found"
+
+
+class InvalidRequest(ServiceError):
+    code = "invalid_request"
+
+
+class UpstreamNotConfigured(ServiceError):
+    code = "upstream_not_configured"
+
+
+class UpstreamError(ServiceError):
+    """The upstream answered with an error, refused us, or the connection failed."""
+
+    code = "upstream_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    code = "upstream_timeout"
+
+
+class DatabaseUnavailable(ServiceError):
+    code = "database_unavailable"

@@ -1,0 +1,78 @@
+"""The one interface every upstream implements.
+
+The conversation service hands a provider the path from the root to the new user
+message and reads back text as it arrives. Providers that keep their own copy of the
+conversation upstream (ChatGPT) also receive the upstream ids the service stored, and
+report the ids the upstream assigned in the chunks they yield.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One message of the context sent upstream."""
+
+    role: Role
+    content: str
+    upstream_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ReplyRequest:
+    """What the service asks a provider to answer."""
+
+    messages: list[ChatMessage]
+    """Path from the root to the new user message (the last item), oldest first."""
+    model: str
+    user_message_id: str
+    """Local id of the new user message (ChatGPT reuses it as the upstream id)."""
+    upstream_conversation_id: str | None = None
+    upstream_parent_id: str | None = None
+    """Upstream id of the new user message's parent, when the upstream keeps one."""
+
+
+@dataclass(frozen=True)
+class ReplyChunk:
+    """A piece of the answer: new text, and on the last chunk how it ended."""
+
+    delta: str = ""
+    finish_reason: str | None = None
+    model: str | None = None
+    upstream_conversation_id: str | None = None
+    upstream_message_id: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class Provider(Protocol):
+    """An upstream LLM. Errors are raised as `services.errors.Upstream*` exceptions."""
+
+    name: str
+    default_model: str
+
+    def stream_reply(self, request: ReplyRequest) -> Iterator[ReplyChunk]:
+        """Yield the answer as it arrives; closing the iterator cancels the call."""
+        ...
+
+    def generate_title(self, request: ReplyRequest, answer: str) -> str | None:
+        """A short title for a conversation from its first exchange, or None."""
+        ...
+
+    def rename(self, upstream_conversation_id: str, title: str) -> None:
+        """Mirror a title change upstream (no-op where the upstream keeps nothing)."""
+        ...
+
+    def delete(self, upstream_conversation_id: str) -> None:
+        """Mirror a deletion upstream (no-op where the upstream keeps nothing)."""
+        ...
+
+    def clear(self) -> None:
+        """Mirror clearing every conversation upstream (no-op where it keeps nothing)."""
+        ...
