@@ -17,20 +17,9 @@ import aiohttp
 import openai
 import pytest
 
+from tests.fakes.openai_upstream import FakeOpenAI, Fail, Hang, Reply, Reset, split_words
+
 ROOT = Path(__file__).resolve().parents[1]
-# pytest does not put the project root on sys.path (no pythonpath setting, no tests/__init__.py).
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from tests.fakes.openai_upstream import (  # noqa: E402
-    FakeOpenAI,
-    Fail,
-    Hang,
-    Reply,
-    Reset,
-    split_words,
-)
-
 KEY = "sk-test"
 USER = [{"role": "user", "content": "ping"}]
 

@@ -1,0 +1,128 @@
+"""Fixtures: a real database of each kind, a fake upstream on loopback, an app per test.
+
+Every test that touches storage runs once on SQLite and once on PostgreSQL. PostgreSQL
+is reached at TEST_POSTGRES_URL (default: the local server, user postgres); each test
+run makes its own database and drops it at the end. Under CI=true a PostgreSQL that
+cannot be reached fails the run instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from app import create_app
+from config import Settings
+from tests.fakes.openai_upstream import FakeOpenAI
+
+POSTGRES_URL = os.environ.get(
+    "TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+)
+UPSTREAM_KEY = "sk-test-upstream"
+
+
+def _postgres_unavailable(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"PostgreSQL is required under CI=true: {reason}")
+    pytest.skip(f"PostgreSQL not reachable: {reason}")
+
+
+@pytest.fixture(scope="session")
+def postgresql_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test run."""
+    admin_url = make_url(POSTGRES_URL)
+    name = f"gpt_api_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as error:  # noqa: BLE001 - any failure to reach the server
+        admin.dispose()
+        _postgres_unavailable(str(error).splitlines()[0])
+    yield admin_url.set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'gpt-api.sqlite3'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """The URL of an empty database of each kind (tables emptied before the test)."""
+    url = request.getfixturevalue(f"{request.param}_url")
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        for table in ("messages", "conversations"):
+            if engine.dialect.has_table(connection, table):
+                connection.execute(text(f"DELETE FROM {table}"))
+    engine.dispose()
+    return url
+
+
+@pytest.fixture(scope="session")
+def fake_upstream_server() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI(api_key=UPSTREAM_KEY) as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake_upstream(fake_upstream_server: FakeOpenAI) -> Iterator[FakeOpenAI]:
+    """The fake OpenAI-compatible upstream, with a clean script and no recorded requests."""
+    fake_upstream_server.reset()
+    yield fake_upstream_server
+    fake_upstream_server.reset()
+
+
+def make_settings(database_url: str, upstream_url: str | None, **overrides: object) -> Settings:
+    """Settings for a test; everything the tests depend on is given explicitly."""
+    values: dict[str, object] = {
+        "database_url": database_url,
+        "llm_provider": "openai",
+        "openai_api_key": UPSTREAM_KEY if upstream_url else None,
+        "openai_base_url": upstream_url,
+        "openai_model": "gpt-test",
+        "upstream_max_retries": 0,
+        "upstream_read_timeout": 5.0,
+        "generate_titles": False,
+        "system_prompt": "",
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, object]:
+    """Override in a test module (or with indirect parametrization) to change settings."""
+    return {}
+
+
+@pytest.fixture
+def app(
+    database_url: str, fake_upstream: FakeOpenAI, settings_overrides: dict[str, object]
+) -> Iterator[Flask]:
+    app = create_app(make_settings(database_url, fake_upstream.url, **settings_overrides))
+    yield app
+    app.extensions["conversations"].close()
+    app.extensions["database"].dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def project_root() -> Path:
+    return Path(__file__).resolve().parent.parent

@@ -1,0 +1,84 @@
+"""Small helpers shared by the route tests."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
+
+
+def post(client: FlaskClient, route: str, body: Any = None) -> TestResponse:
+    """POST a JSON body to /api/chat/<route>."""
+    return client.post(f"/api/chat/{route}", json={} if body is None else body)
+
+
+def ok(response: TestResponse) -> Any:
+    """The `response` payload of a 200 answer (fails with the body otherwise)."""
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    assert list(body) == ["response"]
+    return body["response"]
+
+
+def error_of(response: TestResponse, status: int) -> dict[str, Any]:
+    """The error object of an error answer with this status, checked for shape."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    text = response.get_data(as_text=True)
+    assert "Traceback" not in text and 'File "' not in text
+    body = response.get_json()
+    assert list(body) == ["error"]
+    error = body["error"]
+    assert isinstance(error["code"], str) and error["code"]
+    assert isinstance(error["message"], str) and error["message"]
+    return error
+
+
+def ask(client: FlaskClient, prompt: str = "Hello", **fields: Any) -> dict[str, Any]:
+    return ok(post(client, "ask", {"prompt": prompt, **fields}))
+
+
+def history(client: FlaskClient, conversation_id: str) -> dict[str, Any]:
+    return ok(post(client, "msg/history", {"convo_id": conversation_id}))
+
+
+def sse_events(response: TestResponse) -> list[str]:
+    """The `data:` payloads of an event stream, in order (comments dropped)."""
+    events = []
+    for block in response.get_data(as_text=True).split("\n\n"):
+        data = [line[6:] for line in block.splitlines() if line.startswith("data: ")]
+        if data:
+            events.append("\n".join(data))
+    return events
+
+
+def sse_json(response: TestResponse) -> list[Any]:
+    return [json.loads(event) for event in sse_events(response) if event != "[DONE]"]
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 5.0) -> Any:
+    """Poll until `condition()` is truthy; return its value or fail."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+def check_tree(mapping: dict[str, Any]) -> None:
+    """Every child lists its parent, every parent its children, one root without a message."""
+    roots = [node for node in mapping.values() if node["parent"] is None]
+    assert len(roots) == 1 and "message" not in roots[0]
+    for node_id, node in mapping.items():
+        assert node["id"] == node_id
+        if node["parent"] is not None:
+            assert node_id in mapping[node["parent"]]["children"]
+        for child in node["children"]:
+            assert mapping[child]["parent"] == node_id
