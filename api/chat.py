@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, TypeVar
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
@@ -29,6 +30,12 @@ def parse(model: type[BodyT]) -> BodyT:
     return model.model_validate_json(raw)
 
 
+def server_timing(upstream_seconds: float) -> str:
+    """What this answer cost: time waiting on the upstream, and in all so far."""
+    total = time.perf_counter() - g.started
+    return f"upstream;dur={upstream_seconds * 1000:.1f}, total;dur={total * 1000:.1f}"
+
+
 def ok(payload: Any) -> Response:
     return jsonify({"response": payload})
 
@@ -53,8 +60,11 @@ def ask() -> Response:
     )
     if body.stream:
         events = service().ask_stream(caller(), question)
-        return stream_response(events, current_app.config["SSE_KEEP_ALIVE"])
-    return ok(answer_payload(service().ask(caller(), question)))
+        return stream_response(events, current_app.config["SSE_KEEP_ALIVE"], server_timing)
+    answer = service().ask(caller(), question)
+    response = ok(answer_payload(answer))
+    response.headers["Server-Timing"] = server_timing(answer.upstream_seconds)
+    return response
 
 
 @bp.post("/conversation")

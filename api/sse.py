@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Response
@@ -80,16 +80,24 @@ def error_text(error: BaseException) -> str:
     )
 
 
-def stream_response(events: Iterator[AnswerEvent], keep_alive: float) -> Response:
-    """Wait briefly for the first event, so an early failure still gets its HTTP status."""
+def stream_response(
+    events: Iterator[AnswerEvent], keep_alive: float, timing: Callable[[float], str]
+) -> Response:
+    """Wait briefly for the first event, so an early failure still gets its HTTP status.
+
+    `timing(upstream_seconds)` makes the Server-Timing header, measured to the first event.
+    """
     pump = EventPump(events)
     first = pump.get(keep_alive)
     if isinstance(first, BaseException):
         raise first
     if isinstance(first, _End):  # an answer always ends with a final event; defensive
         first = None
+    upstream = first.answer.upstream_seconds if first is not None else keep_alive
     return Response(
-        _lines(pump, first, keep_alive), mimetype="text/event-stream", headers=HEADERS
+        _lines(pump, first, keep_alive),
+        mimetype="text/event-stream",
+        headers={**HEADERS, "Server-Timing": timing(upstream)},
     )
 
 

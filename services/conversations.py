@@ -8,6 +8,7 @@ session is held while the upstream talks.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -70,6 +71,8 @@ class Answer:
     upstream_message_id: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    upstream_seconds: float = 0.0
+    """Time spent waiting on the upstream so far (for the Server-Timing header)."""
     stored: bool = field(default=False, repr=False)
 
     @property
@@ -248,12 +251,15 @@ class ConversationService:
         chunks = provider.stream_reply(turn.request)
         finished = False
         try:
+            waited_since = time.perf_counter()
             for chunk in chunks:
+                answer.upstream_seconds += time.perf_counter() - waited_since
                 answer.add(chunk)
                 if write_early and not answer.stored and answer.text:
                     self._save_answer(turn, answer, IN_PROGRESS)
                 if chunk.delta:
                     yield AnswerEvent(replace(answer), chunk.delta)
+                waited_since = time.perf_counter()
             finished = answer.finish_details is not None
         except UpstreamError as error:
             error.details["conversation_id"] = str(turn.conversation_id)
@@ -293,6 +299,8 @@ class ConversationService:
                 "model": answer.model,
                 "finish_details": answer.finish_details,
                 "upstream_id": answer.upstream_message_id,
+                "prompt_tokens": answer.prompt_tokens,
+                "completion_tokens": answer.completion_tokens,
             }
             if answer.upstream_message_id:  # the upstream keeps messages under our ids
                 session.execute(
