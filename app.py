@@ -115,6 +115,7 @@ def serve_with_gunicorn(app: Flask, settings: Settings) -> None:
         "post_fork": post_fork,
         "loglevel": settings.log_level.lower(),
         "accesslog": None,  # one line per request comes from the app itself
+        "control_socket_disable": True,  # instances on one machine would share its path
     }
 
     class Server(BaseApplication):  # type: ignore[misc]

@@ -123,7 +123,7 @@ class ChatGPTProvider:
         upstream ids by ``request.user_message_id``); None otherwise or on any failure.
         """
         with self._answers_lock:
-            ids = self._answers.pop(request.user_message_id, None)
+            ids = self._answers.get(request.user_message_id)
         if ids is None:
             return None
         try:
@@ -260,6 +260,11 @@ class _Adapter(HTTPAdapter):
     def close(self) -> None:
         for response in self._responses:
             response.close()
+        # HTTPAdapter.close() only clears its pool managers, and urllib3 2.8's PoolManager.clear()
+        # does not close the pools: idle keep-alive sockets would be left to the garbage collector.
+        for manager in (self.poolmanager, *self.proxy_manager.values()):
+            for key in manager.pools.keys():
+                manager.pools[key].close()
         super().close()
 
 
@@ -283,7 +288,7 @@ def _normalised_sse(iter_lines: Callable[..., Iterator[bytes]], *args: Any, **kw
             continue
         if isinstance(event, dict) and event.get("error"):
             raise UpstreamError(f"ChatGPT stopped answering with an error: {_describe(event['error'])}")
-        yield b"data: " + json.dumps(event).replace("\x7f", "\\u007f").encode("ascii")
+        yield b"data: " + json.dumps(event).encode("ascii")
 
 
 def _normalised_base_url(base_url: str) -> str:

@@ -120,6 +120,12 @@ def _message(role: str, text: str, *, message_id: str | None = None, **extra: An
     }
 
 
+async def _body(request: web.Request) -> dict[str, Any]:
+    """The JSON object the middleware already read and checked (aiohttp keeps the bytes)."""
+    body = json.loads(await request.read() or b"null")
+    return body if isinstance(body, dict) else {}
+
+
 def _detail(status: int, detail: Any) -> web.Response:
     """ChatGPT's backend (FastAPI) error shape."""
     return web.json_response({"detail": detail}, status=status)
@@ -297,7 +303,6 @@ class FakeChatGPTBackend:
             return _detail(status, detail)
         if isinstance(body, str):
             return _detail(400, "The request body is not JSON")
-        request["body"] = body
         try:
             return await handler(request)
         except web.HTTPNotFound:
@@ -308,7 +313,7 @@ class FakeChatGPTBackend:
         return conversation if conversation is not None and conversation.is_visible else None
 
     async def _post_conversation(self, request: web.Request) -> web.StreamResponse:
-        body = request["body"] or {}
+        body = await _body(request)
         messages = body.get("messages") or []
         if body.get("action") != "next" or len(messages) != 1:
             return _detail(400, "Expected action 'next' with exactly one message")
@@ -408,7 +413,7 @@ class FakeChatGPTBackend:
         )
 
     async def _patch_all(self, request: web.Request) -> web.Response:
-        if (request["body"] or {}).get("is_visible") is False:
+        if (await _body(request)).get("is_visible") is False:
             for conversation in self.conversations.values():
                 conversation.is_visible = False
         return web.json_response({"success": True})
@@ -423,7 +428,7 @@ class FakeChatGPTBackend:
         conversation = self._visible(request.match_info["id"])
         if conversation is None:
             return _detail(404, f"Can't load conversation {request.match_info['id']}")
-        body = request["body"] or {}
+        body = await _body(request)
         if "title" in body:
             conversation.title = body["title"]
         if body.get("is_visible") is False:
@@ -434,7 +439,7 @@ class FakeChatGPTBackend:
         conversation = self._visible(request.match_info["id"])
         if conversation is None:
             return _detail(404, f"Can't load conversation {request.match_info['id']}")
-        if (request["body"] or {}).get("message_id") not in conversation.mapping:
+        if (await _body(request)).get("message_id") not in conversation.mapping:
             return _detail(404, "Message not found")
         conversation.title = self.title
         return web.json_response({"title": self.title})

@@ -1,0 +1,87 @@
+"""Run the real service (`python app.py`) as a subprocess on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """`python app.py [args]` with the given environment; `url` once `start()` returns."""
+
+    def __init__(
+        self, env: dict[str, str], *args: str, port: int | None = None, cwd: Path = PROJECT_ROOT
+    ) -> None:
+        self.cwd = cwd
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = args
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "CHATGPT_"))},
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "WORKERS": "1",
+            **env,
+        }
+        self.process: subprocess.Popen[str] | None = None
+        self.output = ""
+
+    def start(self, timeout: float = 20.0) -> ServerProcess:
+        self.process = subprocess.Popen(
+            [sys.executable, "app.py", *self.args],
+            cwd=self.cwd,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self.output = self.process.stdout.read() if self.process.stdout else ""
+                raise RuntimeError(f"server exited early:\n{self.output}")
+            try:
+                httpx.post(f"{self.url}/api/chat/conversation", json={}, timeout=1.0)
+                return self
+            except httpx.TransportError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server did not answer in {timeout}s:\n{self.output}")
+
+    def post(self, route: str, body: Any, **kwargs: Any) -> httpx.Response:
+        return httpx.post(f"{self.url}/api/chat/{route}", json=body, timeout=30.0, **kwargs)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Send `sig`, wait for the exit, keep the output; returns the exit code."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            out, _ = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            out, _ = self.process.communicate()
+        self.output += out or ""
+        return self.process.returncode
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
