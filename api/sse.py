@@ -64,7 +64,7 @@ class EventPump:
 
 
 def _data(payload: dict[str, Any]) -> str:
-    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+    return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
 def event_text(event: AnswerEvent) -> str:
