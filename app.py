@@ -21,6 +21,7 @@ from flask import Flask
 
 from api.chat import bp as chat_bp
 from api.errors import register_error_handlers
+from api.health import bp as health_bp
 from api.request_log import register_request_log
 from config import INSTANCE_DIR, Settings
 from models.db import Database
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         generate_titles=settings.generate_titles,
     )
     app.register_blueprint(chat_bp)
+    app.register_blueprint(health_bp)
     register_error_handlers(app)
     register_request_log(app)
     return app

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from limits import parse_many
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 INSTANCE_DIR = PROJECT_ROOT / "instance"
@@ -24,7 +25,8 @@ def default_database_url() -> str:
 class Settings(BaseSettings):
     """Typed settings; field names are the environment variable names, upper-cased."""
 
-    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
+    # An empty variable (`OPENAI_BASE_URL=` in .env) means "use the default".
+    model_config = SettingsConfigDict(env_file=None, env_ignore_empty=True, extra="ignore", frozen=True)
 
     host: str = "127.0.0.1"
     port: int = Field(default=5000, ge=0, le=65535)
@@ -55,6 +57,39 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=20, ge=0)
     log_level: str = "INFO"
+
+    allow_unauthenticated: bool = False
+    """Serve a non-loopback HOST even when no API key exists (anyone reaching it may do anything)."""
+    auth_cache_seconds: float = Field(default=5.0, ge=0)
+    """How long an instance trusts its copy of the key list: creating or revoking a key
+    takes effect on every instance within this time."""
+    rate_limit: str = ""
+    """Per key (per client address without keys), all routes together, e.g. `60/minute`."""
+    max_streams_per_key: int = Field(default=0, ge=0)
+    """Answers (streamed or not) one key may have in flight at once; 0: no cap."""
+    max_prompt_chars: int = Field(default=100_000, gt=0)
+    redis_url: str | None = None
+    """Where limits are kept so every instance shares them; unset: in this process's memory."""
+    redis_key_prefix: str = "gpt-api"
+    cors_origins: Annotated[list[str], NoDecode] = []
+    """Comma-separated origins a browser may call the API from; empty: no CORS."""
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _valid_rate_limit(cls, value: str) -> str:
+        if value.strip():
+            try:
+                parse_many(value)
+            except ValueError as error:
+                raise ValueError(f"not a rate limit like '60/minute': {error}") from error
+        return value.strip()
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
 
     @property
     def is_sqlite(self) -> bool:

@@ -135,7 +135,9 @@ def test_new_conversation_sends_the_local_id_and_reports_the_upstream_ids(
     }
 
 
-def test_continue_sends_the_stored_upstream_ids(backend: FakeChatGPTBackend, provider: ChatGPTProvider) -> None:
+def test_continue_sends_the_stored_upstream_ids(
+    backend: FakeChatGPTBackend, provider: ChatGPTProvider
+) -> None:
     first = ask(provider, "One")[-1]
     request = request_for("Two", first.upstream_conversation_id, first.upstream_message_id)
 
@@ -233,7 +235,9 @@ def test_a_stream_cut_short_ends_interrupted_with_the_text_so_far(
     assert chunks[-1].upstream_message_id is not None
 
 
-def test_a_stream_without_any_answer_is_an_error(backend: FakeChatGPTBackend, provider: ChatGPTProvider) -> None:
+def test_a_stream_without_any_answer_is_an_error(
+    backend: FakeChatGPTBackend, provider: ChatGPTProvider
+) -> None:
     backend.break_after = 0
 
     with pytest.raises(UpstreamError, match="without sending an answer"):
@@ -254,7 +258,9 @@ def test_a_dropped_connection_mid_answer_is_an_error(
     assert text_of(received) == LONG_REPLY[: 2 * backend.chunk_chars]
 
 
-def test_an_error_event_in_the_stream_is_an_error(backend: FakeChatGPTBackend, provider: ChatGPTProvider) -> None:
+def test_an_error_event_in_the_stream_is_an_error(
+    backend: FakeChatGPTBackend, provider: ChatGPTProvider
+) -> None:
     """Trap: revChatGPT skips {"message": null, "error": ...} events, so the answer just looked cut."""
     backend.stream_error = "Something went wrong while generating the response."
 
@@ -296,7 +302,9 @@ def test_no_connection_is_left_open(backend: FakeChatGPTBackend, provider: ChatG
     wait_until(lambda: backend.open_connections == 0)
 
 
-def test_concurrent_calls_from_threads_do_not_mix(backend: FakeChatGPTBackend, provider: ChatGPTProvider) -> None:
+def test_concurrent_calls_from_threads_do_not_mix(
+    backend: FakeChatGPTBackend, provider: ChatGPTProvider
+) -> None:
     backend.reply = lambda prompt: f"Echo: {prompt} " * 3
     backend.event_delay = 0.005
     prompts = [f"prompt {i}" for i in range(16)]
@@ -373,7 +381,9 @@ def test_generate_title_is_best_effort(backend: FakeChatGPTBackend, provider: Ch
     assert sum(path.startswith("conversation/gen_title/") for path in backend.paths()) == 2
 
 
-def test_rename_delete_and_clear_reach_the_backend(backend: FakeChatGPTBackend, provider: ChatGPTProvider) -> None:
+def test_rename_delete_and_clear_reach_the_backend(
+    backend: FakeChatGPTBackend, provider: ChatGPTProvider
+) -> None:
     one = ask(provider, "One")[-1].upstream_conversation_id
     two = ask(provider, "Two")[-1].upstream_conversation_id
     assert one is not None and two is not None
@@ -441,7 +451,9 @@ def test_a_refused_token_says_to_set_chatgpt_access_token(
     assert backend.requests[-1].headers["authorization"] == "Bearer expired-token-value"
 
 
-def test_a_forbidden_answer_is_a_refused_token(backend: FakeChatGPTBackend, provider: ChatGPTProvider) -> None:
+def test_a_forbidden_answer_is_a_refused_token(
+    backend: FakeChatGPTBackend, provider: ChatGPTProvider
+) -> None:
     backend.fail_next(403, "Forbidden")
 
     with pytest.raises(UpstreamError, match=r"refused the access token \(HTTP 403: Forbidden\)"):
@@ -475,10 +487,13 @@ def test_a_404_for_a_new_conversation_points_at_the_base_url(backend: FakeChatGP
     "operation",
     [
         pytest.param(lambda p: ask(p), id="reply"),
-        pytest.param(lambda p: p.rename(str(uuid.uuid4()), "Title"), id="rename"),  # no timeout in the library
+        # revChatGPT gives no timeout to anything but the answer request
+        pytest.param(lambda p: p.rename(str(uuid.uuid4()), "Title"), id="rename"),
     ],
 )
-def test_a_slow_backend_times_out(backend: FakeChatGPTBackend, operation: Callable[[ChatGPTProvider], object]) -> None:
+def test_a_slow_backend_times_out(
+    backend: FakeChatGPTBackend, operation: Callable[[ChatGPTProvider], object]
+) -> None:
     backend.delay = 2
     impatient = ChatGPTProvider(access_token=backend.token, base_url=backend.url, timeout=0.3)
 
@@ -558,7 +573,9 @@ def test_no_puid_lookup_and_no_native_tls_library(
     assert tls_client.cffi.load_library.cache_info().currsize == 0
 
 
-def test_proxy_variables_do_not_catch_loopback(backend: FakeChatGPTBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_proxy_variables_do_not_catch_loopback(
+    backend: FakeChatGPTBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Trap: requests follows HTTP(S)_PROXY / ALL_PROXY, for 127.0.0.1 too unless NO_PROXY says otherwise."""
     for name in PROXY_VARIABLES:
         monkeypatch.setenv(name, "http://127.0.0.1:9")
@@ -654,7 +671,9 @@ def test_the_fake_escapes_non_ascii_like_chatgpt_unless_told_otherwise(
     assert (b"\\u4f60\\u597d" in raw) is not raw_utf8
 
 
-def test_the_fake_lists_and_loads_conversations(backend: FakeChatGPTBackend, provider: ChatGPTProvider) -> None:
+def test_the_fake_lists_and_loads_conversations(
+    backend: FakeChatGPTBackend, provider: ChatGPTProvider
+) -> None:
     ids = [ask(provider, f"Question {i}")[-1].upstream_conversation_id for i in range(3)]
     session = requests.Session()
     session.trust_env = False

@@ -32,7 +32,7 @@ PUID = "fake-puid"
 class RecordedRequest:
     method: str
     path: str
-    """Relative to the base URL, e.g. ``conversation/gen_title/<id>``."""
+    """Relative to ``/backend-api/``, e.g. ``conversation/gen_title/<id>`` (the full path outside it)."""
     query: dict[str, str]
     body: Any
     """The parsed JSON body (None without one; the raw text if it is not JSON)."""
@@ -189,8 +189,9 @@ class FakeChatGPTBackend:
             if not self._cond.wait_for(predicate, timeout):
                 raise TimeoutError("the fake backend never reached the expected state")
 
-    def paths(self, method: str | None = None) -> list[str]:
-        return [r.path for r in self.requests if method is None or r.method == method]
+    def paths(self) -> list[str]:
+        """The recorded requests' paths, in order."""
+        return [r.path for r in self.requests]
 
     @property
     def open_connections(self) -> int:
@@ -339,11 +340,15 @@ class FakeChatGPTBackend:
 
         prompt = message["content"]["parts"][0]
         conversation.add(Node(message["id"], _message("user", prompt, message_id=message["id"]), parent_id))
-        answer = Node(str(uuid.uuid4()), None, message["id"])
-        answer.message = _message("assistant", "", message_id=answer.id, status="in_progress")
-        conversation.add(answer)
+        answer = _message(
+            "assistant",
+            "",
+            status="in_progress",
+            metadata={"message_type": "next", "model_slug": body.get("model") or ""},
+        )
+        conversation.add(Node(answer["id"], answer, message["id"]))
         text = self.reply(prompt) if callable(self.reply) else self.reply
-        return await self._stream(request, conversation, answer, text, body.get("model") or "")
+        return await self._stream(request, conversation.id, answer, text)
 
     def _new_conversation(self, root_id: str) -> Conversation:
         """Like ChatGPT: the client's parent id names the root, and a hidden system message hangs off it."""
@@ -355,38 +360,36 @@ class FakeChatGPTBackend:
         return conversation
 
     async def _stream(
-        self, request: web.Request, conversation: Conversation, answer: Node, text: str, model: str
+        self, request: web.Request, conversation_id: str, answer: dict[str, Any], text: str
     ) -> web.StreamResponse:
+        """Cumulative text, a closing event with finish_details, then ``[DONE]``; ``answer`` (stored in
+        the tree) grows as events go out, so an abandoned stream leaves a partial answer."""
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
         )
         await response.prepare(request)
-        assert answer.message is not None
-        message = answer.message
-        message["metadata"] = {"message_type": "next", "model_slug": model}
         ends = list(range(self.chunk_chars, len(text), self.chunk_chars)) + [len(text)]
+        cut = self.abort_after if self.abort_after is not None else self.break_after
         try:
-            for sent, end in enumerate(ends):
-                if sent in (self.break_after, self.abort_after):
-                    break
+            for sent, end in enumerate(ends[:cut]):
                 if sent:
                     await asyncio.sleep(self.event_delay)
-                message["content"]["parts"] = [text[:end]]
-                await response.write(self._event(message, conversation.id))
-            else:
-                if self.stream_error is not None:
-                    await response.write(self._event(None, conversation.id, self.stream_error))
-                else:
-                    message.update(status="finished_successfully", end_turn=True)
-                    if self.finish_type is not None:
-                        message["metadata"]["finish_details"] = {"type": self.finish_type, "stop": "<|im_end|>"}
-                    await response.write(self._event(message, conversation.id))
-                await response.write_eof(b"data: [DONE]\n\n")
-                return response
-            if sent == self.abort_after and request.transport is not None:
+                answer["content"]["parts"] = [text[:end]]
+                await response.write(self._event(answer, conversation_id))
+            if self.abort_after is not None and request.transport is not None:
                 request.transport.abort()
-            else:
+                return response
+            if cut is not None:
                 await response.write_eof()
+                return response
+            if self.stream_error is not None:
+                await response.write(self._event(None, conversation_id, self.stream_error))
+            else:
+                answer.update(status="finished_successfully", end_turn=True)
+                if self.finish_type is not None:
+                    answer["metadata"]["finish_details"] = {"type": self.finish_type, "stop": "<|im_end|>"}
+                await response.write(self._event(answer, conversation_id))
+            await response.write_eof(b"data: [DONE]\n\n")
             return response
         except (asyncio.CancelledError, ConnectionResetError):
             with self._cond:
@@ -404,12 +407,16 @@ class FakeChatGPTBackend:
     async def _list(self, request: web.Request) -> web.Response:
         offset = int(request.query.get("offset", 0))
         limit = int(request.query.get("limit", 20))
-        visible = sorted(
-            (c for c in self.conversations.values() if c.is_visible), key=lambda c: c.update_time, reverse=True
-        )
-        items = [c.summary() for c in visible[offset : offset + limit]]
+        visible = [c for c in self.conversations.values() if c.is_visible]
+        visible.sort(key=lambda c: c.update_time, reverse=True)
         return web.json_response(
-            {"items": items, "total": len(visible), "limit": limit, "offset": offset, "has_missing_conversations": False}
+            {
+                "items": [c.summary() for c in visible[offset : offset + limit]],
+                "total": len(visible),
+                "limit": limit,
+                "offset": offset,
+                "has_missing_conversations": False,
+            }
         )
 
     async def _patch_all(self, request: web.Request) -> web.Response:
