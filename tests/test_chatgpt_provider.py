@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -77,8 +78,14 @@ def request_for(
     )
 
 
-def ask(provider: ChatGPTProvider, prompt: str = "Hi", **kwargs: str | None) -> list[ReplyChunk]:
-    return list(provider.stream_reply(request_for(prompt, **kwargs)))  # type: ignore[arg-type]
+def ask(
+    provider: ChatGPTProvider,
+    prompt: str = "Hi",
+    conversation_id: str | None = None,
+    parent_id: str | None = None,
+    model: str = MODEL,
+) -> list[ReplyChunk]:
+    return list(provider.stream_reply(request_for(prompt, conversation_id, parent_id, model)))
 
 
 def text_of(chunks: list[ReplyChunk]) -> str:
@@ -92,15 +99,21 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
         time.sleep(0.01)
 
 
+def answered(provider: ChatGPTProvider, prompt: str = "Hello") -> tuple[ReplyRequest, ReplyChunk]:
+    """The request as the service passes it to generate_title: with the answer's conversation id."""
+    request = request_for(prompt)
+    last = list(provider.stream_reply(request))[-1]
+    return replace(request, upstream_conversation_id=last.upstream_conversation_id), last
+
+
 def exercise(provider: ChatGPTProvider) -> None:
     """Every operation once, as the service would use them: new, continue, branch at the root, title..."""
-    first_request = request_for("Hello")
-    first = list(provider.stream_reply(first_request))
-    conversation_id = first[-1].upstream_conversation_id
+    first_request, first = answered(provider)
+    conversation_id = first.upstream_conversation_id
     assert conversation_id is not None
-    ask(provider, "More", conversation_id=conversation_id, parent_id=first[-1].upstream_message_id)
+    assert provider.generate_title(first_request, "") is not None
+    ask(provider, "More", conversation_id=conversation_id, parent_id=first.upstream_message_id)
     ask(provider, "Instead", conversation_id=conversation_id)
-    assert provider.generate_title(first_request, text_of(first)) is not None
     provider.rename(conversation_id, "Renamed")
     provider.delete(conversation_id)
     provider.clear()
@@ -354,11 +367,10 @@ print(json.dumps({{"answers": [job.value for job in jobs], "elapsed": time.perf_
 # --- titles and mirrored changes -------------------------------------------------------------------
 
 
-def test_generate_title_asks_for_the_answer_just_streamed(
+def test_generate_title_asks_for_the_answer_to_the_user_message(
     backend: FakeChatGPTBackend, provider: ChatGPTProvider
 ) -> None:
-    request = request_for("Hello")
-    last = list(provider.stream_reply(request))[-1]
+    request, last = answered(provider)
 
     title = provider.generate_title(request, "ignored")
 
@@ -370,15 +382,15 @@ def test_generate_title_asks_for_the_answer_just_streamed(
 
 
 def test_generate_title_is_best_effort(backend: FakeChatGPTBackend, provider: ChatGPTProvider) -> None:
-    request = request_for("Hello")
-    list(provider.stream_reply(request))
+    request, last = answered(provider)
 
-    assert provider.generate_title(request_for("never streamed"), "") is None
+    assert provider.generate_title(replace(request, upstream_conversation_id=None), "") is None
+    assert provider.generate_title(replace(request, user_message_id=str(uuid.uuid4())), "") is None
     backend.fail_next(500, "title service down")
     assert provider.generate_title(request, "") is None
     backend.title = "  "
     assert provider.generate_title(request, "") is None
-    assert sum(path.startswith("conversation/gen_title/") for path in backend.paths()) == 2
+    assert sum(path.startswith("conversation/gen_title/") for path in backend.paths()) == 1
 
 
 def test_rename_delete_and_clear_reach_the_backend(

@@ -16,8 +16,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -53,7 +51,6 @@ _HEADERS = {
 }
 _FINISH_REASONS = {"max_tokens": "length"}
 _NO_TITLE = "Error generating title"  # what Chatbot.gen_title returns when the answer has no title
-_REMEMBERED_ANSWERS = 1024
 
 
 class ChatGPTProvider:
@@ -85,8 +82,6 @@ class ChatGPTProvider:
         self.timeout = timeout
         self._access_token = access_token
         self._proxy = proxy or None
-        self._answers: OrderedDict[str, tuple[str, str]] = OrderedDict()
-        self._answers_lock = threading.Lock()
 
     def stream_reply(self, request: ReplyRequest) -> Iterator[ReplyChunk]:
         """Send the last message of ``request`` under ``upstream_parent_id`` and yield the answer.
@@ -102,6 +97,7 @@ class ChatGPTProvider:
             "content": {"content_type": "text", "parts": [prompt]},
         }
         conversation_id = request.upstream_conversation_id
+        model = request.model or self.default_model
         with self._chatbot() as bot, _translated("answer", conversation_id):
             parent_id = None
             if conversation_id is not None:
@@ -112,23 +108,28 @@ class ChatGPTProvider:
                 [message],
                 conversation_id=conversation_id,
                 parent_id=parent_id,
-                model=request.model or self.default_model,
+                model=model,
                 timeout=self.timeout,
             )
-            yield from self._chunks(events, request)
+            yield from self._chunks(events, model)
 
     def generate_title(self, request: ReplyRequest, answer: str) -> str | None:
         """Ask ChatGPT to title the conversation from its own copy of the exchange (``answer`` unused).
 
-        Works for an answer this provider streamed in this process (it remembers the answer's
-        upstream ids by ``request.user_message_id``); None otherwise or on any failure.
+        ``request.upstream_conversation_id`` must name the answer's conversation (the service
+        sets it from the chunks); the answer is found upstream as the latest child of the user
+        message, whose upstream id is ``request.user_message_id``. None on any failure.
         """
-        with self._answers_lock:
-            ids = self._answers.get(request.user_message_id)
-        if ids is None:
+        conversation_id = request.upstream_conversation_id
+        if conversation_id is None:
             return None
+
+        def gen_title(bot: Chatbot) -> str:
+            user_message = bot.get_msg_history(conversation_id)["mapping"][request.user_message_id]
+            return bot.gen_title(conversation_id, user_message["children"][-1])
+
         try:
-            title = self._call("generate a title", ids[0], lambda bot: bot.gen_title(*ids))
+            title = self._call("generate a title", conversation_id, gen_title)
         except ServiceError as error:
             log.warning("ChatGPT title generation failed: %s", error)
             return None
@@ -155,7 +156,7 @@ class ChatGPTProvider:
 
     # --- internals ------------------------------------------------------------------------------
 
-    def _chunks(self, events: Iterator[dict[str, Any]], request: ReplyRequest) -> Iterator[ReplyChunk]:
+    def _chunks(self, events: Iterator[dict[str, Any]], requested_model: str) -> Iterator[ReplyChunk]:
         """Turn revChatGPT's events (cumulative text) into deltas and a closing chunk."""
         text = ""
         conversation_id = message_id = model = finish = None
@@ -171,13 +172,9 @@ class ChatGPTProvider:
                 )
         if conversation_id is None or message_id is None:
             raise UpstreamError("ChatGPT ended the answer stream without sending an answer")
-        with self._answers_lock:
-            self._answers[request.user_message_id] = (conversation_id, message_id)
-            while len(self._answers) > _REMEMBERED_ANSWERS:
-                self._answers.popitem(last=False)
         yield ReplyChunk(
             finish_reason=_FINISH_REASONS.get(finish, finish) if finish else "interrupted",
-            model=model or request.model or self.default_model,
+            model=model or requested_model,
             upstream_conversation_id=conversation_id,
             upstream_message_id=message_id,
         )
@@ -350,13 +347,13 @@ def _library_error(error: typings.Error, action: str, conversation_id: str | Non
         return UpstreamError(
             f"ChatGPT refused the access token (HTTP {code}: {detail}). "
             "Set CHATGPT_ACCESS_TOKEN to a current ChatGPT access token.",
-            status=code,
+            upstream_status=code,
         )
     if code == 404 and conversation_id is None:
         return UpstreamError(
             f"ChatGPT answered HTTP 404 to {action} ({detail}): "
             "check that CHATGPT_BASE_URL is a backend-api base URL",
-            status=code,
+            upstream_status=code,
         )
     if code == 404:
         return ConversationNotFound(
@@ -364,8 +361,8 @@ def _library_error(error: typings.Error, action: str, conversation_id: str | Non
             upstream_conversation_id=conversation_id,
         )
     if code == 429:
-        return UpstreamError(f"ChatGPT is rate limiting this account (HTTP 429: {detail})", status=code)
-    return UpstreamError(f"ChatGPT refused to {action} (HTTP {code}: {detail})", status=code)
+        return UpstreamError(f"ChatGPT is rate limiting this account (HTTP 429: {detail})", upstream_status=code)
+    return UpstreamError(f"ChatGPT refused to {action} (HTTP {code}: {detail})", upstream_status=code)
 
 
 def _describe(body: Any) -> str:
