@@ -53,10 +53,18 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
 
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
-    worker_connections: int = Field(default=1000, ge=1)
-    db_pool_size: int = Field(default=10, ge=1)
-    db_max_overflow: int = Field(default=20, ge=0)
+    worker_connections: int = Field(default=4000, ge=1)
+    """Requests (open streams included) one worker holds at once; also its upstream pool."""
+    db_pool_size: int = Field(default=20, ge=1)
+    """Database connections each worker keeps open; a unit of work holds one only briefly."""
+    db_max_overflow: int = Field(default=10, ge=0)
+    db_timeout: float = Field(default=10.0, gt=0)
+    """Seconds a PostgreSQL statement may run, and about how long a database that stops
+    answering holds a request before it gets a 503."""
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    prometheus_multiproc_dir: Path | None = None
+    """Where gunicorn workers share metrics (its *.db files are removed at start); default: a temporary directory."""
 
     allow_unauthenticated: bool = False
     """Serve a non-loopback HOST even when no API key exists (anyone reaching it may do anything)."""

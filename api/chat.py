@@ -9,6 +9,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from pydantic import BaseModel
 from werkzeug.exceptions import UnsupportedMediaType
 
+from api.limits import answer_slot
 from api.payloads import answer_payload, summary_payload
 from api.schemas import AskBody, EmptyBody, ListBody, RequiredConversationRef, TitleBody
 from api.sse import stream_response
@@ -58,10 +59,13 @@ def ask() -> Response:
         parent_id=body.parent_id,
         model=body.model,
     )
-    if body.stream:
-        events = service().ask_stream(caller(), question)
-        return stream_response(events, current_app.config["SSE_KEEP_ALIVE"], server_timing)
-    answer = service().ask(caller(), question)
+    with answer_slot() as slot:
+        if body.stream:
+            events = service().ask_stream(caller(), question)
+            return slot.hand_over(
+                stream_response(events, current_app.config["SSE_KEEP_ALIVE"], server_timing)
+            )
+        answer = service().ask(caller(), question)
     response = ok(answer_payload(answer))
     response.headers["Server-Timing"] = server_timing(answer.upstream_seconds)
     return response

@@ -14,7 +14,9 @@ from services.errors import (
     DatabaseUnavailable,
     InvalidRequest,
     NotFound,
+    RateLimited,
     ServiceError,
+    Unauthenticated,
     UpstreamError,
     UpstreamNotConfigured,
     UpstreamTimeout,
@@ -25,7 +27,9 @@ log = logging.getLogger(__name__)
 # Most specific first: the first class an error is an instance of decides.
 STATUS_BY_ERROR: list[tuple[type[ServiceError], int]] = [
     (InvalidRequest, 400),
+    (Unauthenticated, 401),
     (NotFound, 404),
+    (RateLimited, 429),
     (UpstreamTimeout, 504),
     (UpstreamError, 502),
     (UpstreamNotConfigured, 503),
@@ -53,6 +57,16 @@ def error_response(status: int, code: str, message: str, **details: Any) -> Resp
 
 def status_of(error: ServiceError) -> int:
     return next((status for kind, status in STATUS_BY_ERROR if isinstance(error, kind)), 500)
+
+
+def service_error_response(error: ServiceError) -> Response:
+    """The envelope of a domain error, with the headers its status calls for."""
+    response = error_response(status_of(error), error.code, error.message, **error.details)
+    if isinstance(error, Unauthenticated):
+        response.headers["WWW-Authenticate"] = 'Bearer realm="gpt-api"'
+    if isinstance(error, RateLimited):
+        response.headers["Retry-After"] = str(error.details["retry_after"])
+    return response
 
 
 def validation_message(error: ValidationError) -> str:
@@ -108,9 +122,4 @@ def register_error_handlers(app: Flask) -> None:
             return error_response(500, "internal_error", "Something went wrong on our side.")
         if isinstance(service_error, DatabaseUnavailable):
             log.warning("database unavailable: %s", error)
-        return error_response(
-            status_of(service_error),
-            service_error.code,
-            service_error.message,
-            **service_error.details,
-        )
+        return service_error_response(service_error)

@@ -39,11 +39,16 @@ def route_label() -> str:
 
 
 class RequestIdFilter(logging.Filter):
-    """Adds `request_id` to every record logged while a request is being handled."""
+    """Adds `request_id` to every record: the current request's, or `missing` outside one."""
+
+    def __init__(self, missing: str | None = None) -> None:
+        super().__init__()
+        self._missing = missing
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "request_id"):
-            record.request_id = g.get("request_id") if has_request_context() else None
+        if getattr(record, "request_id", None) is None:
+            in_request = has_request_context() and "request_id" in g
+            record.request_id = g.request_id if in_request else self._missing
         return True
 
 

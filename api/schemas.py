@@ -11,6 +11,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 def _not_blank(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty or only white space")
+    if "\x00" in value:  # PostgreSQL cannot keep it in text: refused on every database alike
+        raise ValueError("must not contain NUL characters (\\u0000)")
     return value
 
 

@@ -8,7 +8,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from flask import Response
+from flask import Response, current_app
+from prometheus_client import Gauge
 
 from api.errors import as_service_error, error_body
 from api.payloads import answer_payload
@@ -94,15 +95,19 @@ def stream_response(
     if isinstance(first, _End):  # an answer always ends with a final event; defensive
         first = None
     upstream = first.answer.upstream_seconds if first is not None else keep_alive
+    open_streams = current_app.extensions["metrics"].open_streams
     return Response(
-        _lines(pump, first, keep_alive),
+        _lines(pump, first, keep_alive, open_streams),
         mimetype="text/event-stream",
         headers={**HEADERS, "Server-Timing": timing(upstream)},
     )
 
 
-def _lines(pump: EventPump, first: AnswerEvent | None, keep_alive: float) -> Iterator[str]:
+def _lines(
+    pump: EventPump, first: AnswerEvent | None, keep_alive: float, open_streams: Gauge
+) -> Iterator[str]:
     """The response body: events as they come, an error event if the answer breaks off."""
+    open_streams.inc()
     try:
         yield event_text(first) if first is not None else KEEP_ALIVE
         while True:
@@ -118,4 +123,5 @@ def _lines(pump: EventPump, first: AnswerEvent | None, keep_alive: float) -> Ite
                 yield event_text(item)
         yield DONE
     finally:
+        open_streams.dec()
         pump.close()

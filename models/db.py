@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 
@@ -12,6 +13,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from models import pg_wait
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # Any constant works; it only has to be the same for every instance sharing a database.
@@ -50,23 +53,43 @@ def _enable_sqlite_features(dbapi_connection, _record) -> None:  # type: ignore[
     cursor.close()
 
 
-def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> Engine:
+def make_engine(
+    url: str, *, pool_size: int = 10, max_overflow: int = 20, timeout: float = 10.0
+) -> Engine:
+    """`timeout` bounds each PostgreSQL statement on the server, and the client's wait for a
+    server that stops answering at all (2 s longer, so a slow statement gets the server's
+    own clean cancel first)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False})
+        engine = create_engine(url, connect_args={"check_same_thread": False}, hide_parameters=True)
         event.listen(engine, "connect", _enable_sqlite_features)
         return engine
-    connect_args = {"connect_timeout": 5} if parsed.get_backend_name() == "postgresql" else {}
-    return create_engine(
+    connect_args: dict[str, object] = {}
+    if parsed.get_backend_name() == "postgresql":
+        connect_args = {
+            "connect_timeout": 5,
+            "connection_factory": pg_wait.timed_connection(timeout + 2),
+        }
+    engine = create_engine(
         url,
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_timeout=10,
         pool_pre_ping=True,
         connect_args=connect_args,
+        hide_parameters=True,  # logged errors must not carry prompts or key hashes
     )
+    if parsed.get_backend_name() == "postgresql":
+        event.listen(engine, "connect", partial(_set_statement_timeout, seconds=timeout))
+    return engine
+
+
+def _set_statement_timeout(dbapi_connection, _record, *, seconds: float) -> None:  # type: ignore[no-untyped-def]
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"SET statement_timeout = {int(seconds * 1000)}")
+    cursor.close()
 
 
 def _alembic_config() -> AlembicConfig:
@@ -78,8 +101,12 @@ def _alembic_config() -> AlembicConfig:
 class Database:
     """The engine and session factory of one database."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, max_overflow: int = 20) -> None:
-        self.engine = make_engine(url, pool_size=pool_size, max_overflow=max_overflow)
+    def __init__(
+        self, url: str, *, pool_size: int = 10, max_overflow: int = 20, timeout: float = 10.0
+    ) -> None:
+        self.engine = make_engine(
+            url, pool_size=pool_size, max_overflow=max_overflow, timeout=timeout
+        )
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def unit_of_work(self) -> UnitOfWork:
@@ -91,8 +118,9 @@ class Database:
         On PostgreSQL an advisory lock makes instances that start together take turns.
         """
         config = _alembic_config()
-        with self.engine.begin() as connection:
+        with pg_wait.unlimited(), self.engine.begin() as connection:
             if connection.dialect.name == "postgresql":
+                connection.execute(text("SET LOCAL statement_timeout = 0"))
                 connection.execute(
                     text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
                 )

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import Boolean, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator, Uuid
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator, Uuid, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -57,6 +58,8 @@ class Conversation(Base):
     """The newest answer of the active branch: where a plain `ask` continues."""
     upstream_id: Mapped[str | None] = mapped_column(String(64))
     """The upstream's own conversation id, for providers that keep one (ChatGPT)."""
+    original: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    """An imported conversation's own keys (`mapping` kept as null), written back on export."""
 
     __table_args__ = (
         Index("ix_conversations_owner_updated", "owner", updated_at.desc(), id.desc()),
@@ -85,8 +88,38 @@ class Message(Base):
     upstream_id: Mapped[str | None] = mapped_column(String(64))
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    original_id: Mapped[str | None] = mapped_column(Text)
+    """An imported node's id when it was no UUID (`client-created-root`): export gives it back."""
+    original: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    """An imported message exactly as the export had it (any content type, author, metadata)."""
 
     __table_args__ = (
         Index("ix_messages_conversation_created", "conversation_id", "created_at"),
         Index("ix_messages_parent", "parent_id"),
+    )
+
+
+class ApiKey(Base):
+    """A client's key. Only its SHA-256 is kept; the name owns the client's conversations.
+
+    A revoked key keeps its row (for `keys list`); at most one unrevoked key per name.
+    """
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(64))
+    key_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index("ix_api_keys_key_hash", "key_hash", unique=True),
+        Index(
+            "ix_api_keys_active_name",
+            "name",
+            unique=True,
+            postgresql_where=text("revoked_at IS NULL"),
+            sqlite_where=text("revoked_at IS NULL"),
+        ),
     )

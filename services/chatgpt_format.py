@@ -1,24 +1,38 @@
-"""Conversations in ChatGPT's own shape: `msg/history` answers with it, export writes it."""
+"""Conversations in ChatGPT's own shape: `msg/history` answers with it, export writes it.
+
+`msg/history` names every node by the service's own id (a UUID a client can pass back
+as `parent_id`). Export names nodes as the imported file did (`client-created-root`),
+writes imported messages exactly as they were imported, and adds the keys of ChatGPT's
+data export (`conversation_id`, `id`, ...), so an imported export comes back unchanged.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
-from models.entities import Conversation, Message
+from models.entities import DEFAULT_TITLE, Conversation, Message
 
 
-def message_document(message: Message) -> dict[str, Any]:
-    """One message as ChatGPT writes it inside a mapping node."""
+def message_document(message: Message, node_id: str | None = None) -> dict[str, Any]:
+    """One message as ChatGPT writes it inside a mapping node.
+
+    An imported message is given as imported; `node_id`, when given, replaces its id.
+    """
+    if message.original is not None:
+        return message.original if node_id is None else {**message.original, "id": node_id}
     metadata: dict[str, Any] = {}
     if message.role == "assistant":
         metadata["model_slug"] = message.model
         metadata["finish_details"] = (
             {"type": message.finish_details} if message.finish_details else None
         )
+    if message.prompt_tokens is not None or message.completion_tokens is not None:
+        metadata["usage"] = usage_document(message.prompt_tokens, message.completion_tokens)
     metadata["timestamp_"] = "absolute"
     return {
-        "id": str(message.id),
+        "id": node_id or str(message.id),
         "author": {"role": message.role, "metadata": {}},
         "create_time": message.created_at.timestamp(),
         "content": {"content_type": "text", "parts": [message.content]},
@@ -30,27 +44,84 @@ def message_document(message: Message) -> dict[str, Any]:
     }
 
 
+def usage_document(prompt: int | None, completion: int | None) -> dict[str, int | None]:
+    """Token usage in the OpenAI API's `usage` shape."""
+    total = prompt + completion if prompt is not None and completion is not None else None
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
+
+
 def conversation_document(
     conversation: Conversation, messages: Sequence[Message]
 ) -> dict[str, Any]:
-    """The whole tree; `messages` in creation order, so children keep their order."""
-    mapping: dict[str, dict[str, Any]] = {}
-    for message in messages:
-        node: dict[str, Any] = {"id": str(message.id)}
-        if message.role is not None:
-            node["message"] = message_document(message)
-        node["parent"] = str(message.parent_id) if message.parent_id else None
-        node["children"] = []
-        mapping[node["id"]] = node
-    for node in mapping.values():
-        parent = mapping.get(node["parent"]) if node["parent"] else None
-        if parent is not None:
-            parent["children"].append(node["id"])
+    """The whole tree for `msg/history`; `messages` in creation order, so children keep their order."""
     return {
         "title": conversation.title,
         "create_time": conversation.created_at.timestamp(),
         "update_time": conversation.updated_at.timestamp(),
-        "mapping": mapping,
+        "mapping": _mapping(messages, export=False),
         "moderation_results": [],
         "current_node": str(conversation.current_node_id) if conversation.current_node_id else None,
     }
+
+
+def export_document(conversation: Conversation, messages: Sequence[Message]) -> dict[str, Any]:
+    """One entry of ChatGPT's `conversations.json`; imported keys come back as they were."""
+    original = conversation.original or {}
+    keys = {str(m.id): m.original_id or str(m.id) for m in messages}
+    title: str | None = conversation.title
+    if original.get("title") is None and "title" in original and title == DEFAULT_TITLE:
+        title = None
+    current = str(conversation.current_node_id) if conversation.current_node_id else None
+    own = str(conversation.id)
+    document: dict[str, Any] = {
+        "title": title,
+        "create_time": _epoch(conversation.created_at, original.get("create_time")),
+        "update_time": _epoch(conversation.updated_at, original.get("update_time")),
+        "mapping": _mapping(messages, export=True),
+        "moderation_results": original.get("moderation_results", []),
+        "current_node": keys.get(current, current) if current else None,
+        "plugin_ids": None,
+        "conversation_id": own,
+        "conversation_template_id": None,
+        "gizmo_id": None,
+        "is_archived": False,
+        "safe_urls": [],
+        "id": own,
+    }
+    if not original:
+        return document
+    mine = ("title", "create_time", "update_time", "mapping", "moderation_results", "current_node")
+    merged = {key: document[key] if key in mine else value for key, value in original.items()}
+    return {**merged, **{key: value for key, value in document.items() if key not in merged}}
+
+
+def _mapping(messages: Sequence[Message], *, export: bool) -> dict[str, dict[str, Any]]:
+    """Nodes by id, each listing its parent and its children (in creation order)."""
+    keys = {m.id: (m.original_id or str(m.id)) if export else str(m.id) for m in messages}
+    mapping: dict[str, dict[str, Any]] = {}
+    for message in messages:
+        key = keys[message.id]
+        node: dict[str, Any] = {"id": key}
+        if message.role is not None:
+            node["message"] = message_document(message, None if export else key)
+        elif export:
+            node["message"] = None  # ChatGPT writes the root (and empty nodes) this way
+        node["parent"] = keys.get(message.parent_id) if message.parent_id else None
+        node["children"] = []
+        mapping[key] = node
+    for node in mapping.values():
+        parent = mapping.get(node["parent"]) if node["parent"] else None
+        if parent is not None:
+            parent["children"].append(node["id"])
+    return mapping
+
+
+def _epoch(moment: datetime, original: Any) -> float:
+    """`moment` as epoch seconds; the imported value itself while it still says the same."""
+    if isinstance(original, (int, float)) and not isinstance(original, bool):
+        try:
+            if datetime.fromtimestamp(original, UTC) == moment:
+                return original
+        except (OverflowError, OSError, ValueError):
+            pass
+    return moment.timestamp()

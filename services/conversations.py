@@ -11,15 +11,17 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, delete, literal, select, update
+from sqlalchemy import Select, delete, literal, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from models.db import Database
 from models.entities import DEFAULT_TITLE, Conversation, Message, utcnow
+from services import tokens
 from services.background import BackgroundTasks
 from services.chatgpt_format import conversation_document
 from services.errors import (
@@ -29,6 +31,7 @@ from services.errors import (
     UpstreamError,
     UpstreamNotConfigured,
 )
+from services.metrics import Metrics
 from services.providers.base import ChatMessage, Provider, ReplyChunk, ReplyRequest
 
 log = logging.getLogger(__name__)
@@ -124,12 +127,22 @@ def _path_query(conversation_id: uuid.UUID, message_id: uuid.UUID) -> Select[tup
     return select(Message).join(walk, Message.id == walk.c.id).order_by(walk.c.depth.desc())
 
 
+def _storable(chunk: ReplyChunk) -> ReplyChunk:
+    """PostgreSQL cannot keep NUL in text: an upstream that sends one gets U+FFFD instead."""
+    if "\x00" not in chunk.delta:
+        return chunk
+    return replace(chunk, delta=chunk.delta.replace("\x00", "\ufffd"))
+
+
 def _context(path: list[Message]) -> list[ChatMessage]:
-    """What the upstream sees: the path without the root and without an empty system node."""
+    """What the upstream sees: the dialogue's messages with text, root and empty nodes left out.
+
+    Imported tool messages, tool calls and other non-dialogue content have no text here.
+    """
     return [
         ChatMessage(role=m.role, content=m.content, upstream_id=m.upstream_id)  # type: ignore[arg-type]
         for m in path
-        if m.role is not None and not (m.role == "system" and not m.content)
+        if m.role in ("system", "user", "assistant") and m.content
     ]
 
 
@@ -143,13 +156,17 @@ class ConversationService:
         system_prompt: str = "",
         generate_titles: bool = True,
         background: BackgroundTasks | None = None,
+        metrics: Metrics | None = None,
+        max_prompt_chars: int | None = None,
     ) -> None:
         self._db = db
+        self._max_prompt_chars = max_prompt_chars
         self._provider = provider
         self._unconfigured_reason = unconfigured_reason
         self._system_prompt = system_prompt
         self._generate_titles = generate_titles
         self._background = background or BackgroundTasks()
+        self._metrics = metrics or Metrics()
 
     # -- ask -----------------------------------------------------------------
 
@@ -171,6 +188,11 @@ class ConversationService:
         arrives (marked in progress) and finished at the end. Closing the iterator
         early cancels the upstream call and keeps the text so far, marked unfinished.
         """
+        if self._max_prompt_chars is not None and len(question.prompt) > self._max_prompt_chars:
+            raise InvalidRequest(
+                f"prompt: at most {self._max_prompt_chars} characters (MAX_PROMPT_CHARS); "
+                f"this one has {len(question.prompt)}."
+            )
         provider = self._require_provider()
         turn = self._store_question(owner, question, provider)
         return self._answer(turn, provider, write_early=write_early)
@@ -252,8 +274,11 @@ class ConversationService:
         finished = False
         try:
             waited_since = time.perf_counter()
-            for chunk in chunks:
+            for chunk in map(_storable, chunks):
                 answer.upstream_seconds += time.perf_counter() - waited_since
+                if chunk.delta and not answer.text:
+                    first_token = self._metrics.upstream_first_token_seconds
+                    first_token.labels(provider.name).observe(answer.upstream_seconds)
                 answer.add(chunk)
                 if write_early and not answer.stored and answer.text:
                     self._save_answer(turn, answer, IN_PROGRESS)
@@ -263,21 +288,37 @@ class ConversationService:
             finished = answer.finish_details is not None
         except UpstreamError as error:
             error.details["conversation_id"] = str(turn.conversation_id)
+            self._metrics.upstream_errors.labels(provider.name, error.code).inc()
             raise
         finally:
             chunks.close()
+            self._metrics.upstream_seconds.labels(provider.name).observe(answer.upstream_seconds)
             if not finished and answer.text:
                 answer.finish_details = "interrupted"
             if answer.stored or answer.text or finished:
+                self._estimate_usage(turn, answer)
                 self._save_answer(turn, answer, FINISHED if finished else INTERRUPTED)
+                self._metrics.observe_tokens(
+                    provider.name, answer.prompt_tokens, answer.completion_tokens
+                )
         if not finished:
-            raise UpstreamError(
+            unfinished = UpstreamError(
                 "The upstream ended the answer without finishing it.",
                 conversation_id=str(turn.conversation_id),
             )
+            self._metrics.upstream_errors.labels(provider.name, unfinished.code).inc()
+            raise unfinished
         yield AnswerEvent(replace(answer), "")
         if turn.wants_title:
             self._background.submit(self._title, turn, answer)
+
+    @staticmethod
+    def _estimate_usage(turn: Turn, answer: Answer) -> None:
+        """Count with a tokenizer what the upstream did not report."""
+        if answer.prompt_tokens is None:
+            answer.prompt_tokens = tokens.count_prompt(turn.request.messages)
+        if answer.completion_tokens is None:
+            answer.completion_tokens = tokens.count_text(answer.text)
 
     def _save_answer(self, turn: Turn, answer: Answer, status: str) -> None:
         """Insert or finish the answer's row and move the conversation's current node to it."""
@@ -359,9 +400,12 @@ class ConversationService:
                 cursor = uow.session.get(Conversation, after)
                 if cursor is None or cursor.owner != owner:
                     raise ConversationNotFound(f"Conversation {after} (the 'after' cursor) does not exist.")
+                # A row-value comparison, which the (owner, updated_at, id) index answers
+                # directly; the same condition spelled with OR makes PostgreSQL scan every
+                # row before the cursor.
                 query = query.where(
-                    (Conversation.updated_at < cursor.updated_at)
-                    | ((Conversation.updated_at == cursor.updated_at) & (Conversation.id < cursor.id))
+                    tuple_(Conversation.updated_at, Conversation.id)
+                    < tuple_(cursor.updated_at, cursor.id)
                 )
             rows = uow.session.execute(query).all()
         return [ConversationSummary(*row) for row in rows]
@@ -370,12 +414,14 @@ class ConversationService:
         """The conversation's whole tree in ChatGPT's shape."""
         with self._db.unit_of_work() as uow:
             conversation = self._owned(uow.session, owner, conversation_id)
-            messages = uow.session.scalars(
-                select(Message)
+            # Rows, not entities: a long conversation's thousands of messages then skip the
+            # identity map and per-instance state (a 1,000-message history is about twice as fast).
+            messages = uow.session.execute(
+                select(*Message.__table__.columns)
                 .where(Message.conversation_id == conversation_id)
                 .order_by(Message.created_at, Message.parent_id.is_not(None))
             ).all()
-            return conversation_document(conversation, messages)
+            return conversation_document(conversation, messages)  # type: ignore[arg-type]
 
     # -- changing ------------------------------------------------------------
 
@@ -400,8 +446,23 @@ class ConversationService:
             uow.commit()
 
     def clear(self, owner: str) -> None:
-        if self._provider is not None:
+        """Delete the caller's conversations, and their upstream copies.
+
+        The anonymous caller (no API keys) owns the whole upstream account, as in the
+        original service; a key's owner shares it, so only its own copies are deleted there.
+        """
+        if self._provider is not None and owner == "":
             self._provider.clear()
+        elif self._provider is not None:
+            with self._db.unit_of_work() as uow:
+                mirrored = uow.session.scalars(
+                    select(Conversation.id).where(
+                        Conversation.owner == owner, Conversation.upstream_id.is_not(None)
+                    )
+                ).all()
+            for conversation_id in mirrored:  # one by one: each deleted here once gone there
+                with suppress(ConversationNotFound):  # deleted meanwhile
+                    self.delete(owner, conversation_id)
         with self._db.unit_of_work() as uow:
             uow.session.execute(delete(Conversation).where(Conversation.owner == owner))
             uow.commit()

@@ -46,3 +46,21 @@ class UpstreamTimeout(UpstreamError):
 
 class DatabaseUnavailable(ServiceError):
     code = "database_unavailable"
+
+
+class Unauthenticated(ServiceError):
+    """No valid API key came with a request that needs one."""
+
+    code = "unauthorized"
+
+
+class RateLimited(ServiceError):
+    """Too many requests, or too many answers at once; `retry_after` says when to retry."""
+
+    code = "rate_limited"
+
+
+class SchemaNotCurrent(DatabaseUnavailable):
+    """The database answers but its schema is behind the code (run `python app.py migrate`)."""
+
+    code = "schema_not_current"

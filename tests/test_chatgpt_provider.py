@@ -440,7 +440,7 @@ def test_refusals_raise_upstream_error(
     backend.fail_next(500, "The server had an error while processing your request.")
     with pytest.raises(UpstreamError, match=r"HTTP 500: The server had an error") as refused:
         OPERATIONS[operation](provider, conversation_id)
-    assert refused.value.details["status"] == 500
+    assert refused.value.details["upstream_status"] == 500
 
     backend.fail_next(429, {"message": "Too many requests in 1 hour. Try again later.", "code": "rate"})
     with pytest.raises(UpstreamError, match=r"rate limiting.*Too many requests in 1 hour"):

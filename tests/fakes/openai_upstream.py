@@ -197,6 +197,18 @@ class FakeOpenAI:
 
         return asyncio.run_coroutine_threadsafe(count(), loop).result(timeout=5)
 
+    def nodelay_flags(self) -> list[bool]:
+        """TCP_NODELAY of each open connection's socket: True means no delayed-ACK stalls."""
+        loop, runner = self._loop, self._runner
+        if loop is None or runner is None or runner.server is None:
+            return []
+
+        async def flags() -> list[bool]:
+            sockets = [c.transport.get_extra_info("socket") for c in runner.server.connections if c.transport]
+            return [bool(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)) for s in sockets if s]
+
+        return asyncio.run_coroutine_threadsafe(flags(), loop).result(timeout=5)
+
     def start(self) -> FakeOpenAI:
         """Start serving; returns once the socket is listening (raises if it could not bind)."""
         if self._thread is not None:

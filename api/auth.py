@@ -1,0 +1,77 @@
+"""Who is calling: the API key sent as `Authorization: Bearer <key>`, checked before every /api route.
+
+While no key exists the caller is anonymous (owner ""), but only on a server that listens on
+loopback or was explicitly allowed to serve without keys; anywhere else every request is
+refused, so revoking the last key never opens the API to the network.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+from flask import Flask, g, request
+
+from config import Settings
+from services.api_keys import KeyRing
+from services.errors import Unauthenticated
+
+
+def is_api_request() -> bool:
+    return request.path == "/api" or request.path.startswith("/api/")
+
+
+def is_loopback(host: str) -> bool:
+    """True when every address `host` names is on this machine only."""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+        return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)
+    except (OSError, ValueError):
+        return False
+
+
+def may_serve_without_keys(settings: Settings) -> bool:
+    return settings.allow_unauthenticated or is_loopback(settings.host)
+
+
+def refusal(settings: Settings, keys: KeyRing) -> str | None:
+    """Why the server must not start (no key, and reachable from the network), or None."""
+    if may_serve_without_keys(settings) or keys.any():
+        return None
+    return (
+        f"Refusing to serve on {settings.host}:{settings.port}: no API key exists, so anyone "
+        "who can reach that address could read and delete every conversation. Create a key "
+        "(python app.py keys create NAME), listen on 127.0.0.1, or set "
+        "ALLOW_UNAUTHENTICATED=true to serve without keys anyway."
+    )
+
+
+def bearer_key() -> str | None:
+    credentials = request.authorization
+    if credentials is None or credentials.type != "bearer" or not credentials.token:
+        return None
+    return credentials.token
+
+
+def register_auth(app: Flask, keys: KeyRing, *, open_without_keys: bool) -> None:
+    """Set `g.owner` (whose conversations) and `g.key_name` (None when anonymous) per request."""
+
+    @app.before_request
+    def authenticate() -> None:
+        if request.method == "OPTIONS" or not is_api_request():
+            return  # CORS preflights carry no credentials
+        g.key_name = None
+        key = bearer_key()
+        if key is not None:  # a key given is checked even while none is needed
+            name = keys.owner_of(key)
+            if name is None:
+                raise Unauthenticated("The API key is not valid (unknown or revoked).")
+            g.owner = g.key_name = name
+        elif keys.any():
+            raise Unauthenticated("This API needs a key: send the header 'Authorization: Bearer <key>'.")
+        elif not open_without_keys:
+            raise Unauthenticated(
+                "No API key exists yet; create one with `python app.py keys create NAME`."
+            )
+        else:
+            g.owner = ""

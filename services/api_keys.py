@@ -1,0 +1,153 @@
+"""API keys: made and revoked on the command line, checked on every request.
+
+A key is 32 random bytes, so only its SHA-256 is stored. Slow password hashes (bcrypt,
+argon2) make guessing a low-entropy password from a stolen hash expensive; nobody can
+search 2^256 keys however fast the hash is, and a fast hash keeps checking a key a
+dictionary lookup instead of ~100 ms of CPU per request.
+
+The key's name is who the caller is: it owns the conversations made with the key, so a
+key can be replaced (revoke, then create under the same name) without losing them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from models.db import Database
+from models.entities import ApiKey, Conversation, utcnow
+from services.errors import InvalidRequest, NotFound
+
+KEY_PREFIX = "gpa_"
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class NewKey:
+    name: str
+    key: str
+    adopted: int
+    """Conversations of the anonymous caller handed to this name."""
+
+
+class ApiKeys:
+    """Managing keys (the `keys` commands)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def create(self, name: str, *, adopt_anonymous: bool = False) -> NewKey:
+        """A new key for `name`; with `adopt_anonymous`, the conversations made without a key
+        become `name`'s (they are invisible to every key otherwise)."""
+        if not NAME.fullmatch(name):
+            raise InvalidRequest(
+                "A key name is 1 to 64 letters, digits or . _ @ -, starting with a letter or digit."
+            )
+        key = new_key()
+        with self._db.unit_of_work() as uow:
+            uow.session.add(ApiKey(name=name, key_hash=key_hash(key), created_at=utcnow()))
+            adopted = 0
+            if adopt_anonymous:
+                moved = uow.session.execute(
+                    update(Conversation).where(Conversation.owner == "").values(owner=name)
+                )
+                adopted = moved.rowcount  # type: ignore[attr-defined]
+            try:
+                uow.commit()
+            except IntegrityError as error:
+                raise InvalidRequest(
+                    f"'{name}' already has a key; revoke it first (keys revoke {name})."
+                ) from error
+        return NewKey(name, key, adopted)
+
+    def revoke(self, name: str) -> None:
+        with self._db.unit_of_work() as uow:
+            revoked = uow.session.execute(
+                update(ApiKey)
+                .where(ApiKey.name == name, ApiKey.revoked_at.is_(None))
+                .values(revoked_at=utcnow())
+            )
+            if revoked.rowcount == 0:  # type: ignore[attr-defined]
+                raise NotFound(f"'{name}' has no key to revoke.")
+            uow.commit()
+
+    def list(self) -> list[KeyInfo]:
+        """Every key ever made, revoked ones included, by name and age."""
+        with self._db.unit_of_work() as uow:
+            rows = uow.session.execute(
+                select(ApiKey.name, ApiKey.created_at, ApiKey.revoked_at).order_by(
+                    ApiKey.name, ApiKey.created_at
+                )
+            ).all()
+        return [KeyInfo(*row) for row in rows]
+
+
+class KeyRing:
+    """Which keys are valid now, from a copy of the unrevoked keys at most `ttl` seconds old.
+
+    Several instances share one database: the copy's short life is what makes a key made or
+    revoked elsewhere count here within seconds, for one small query per `ttl` per process
+    instead of one per request. A request that finds the copy being refreshed uses the old
+    one rather than wait; a refresh that fails (the database is down) raises, and the next
+    request tries again.
+    """
+
+    def __init__(self, db: Database, ttl: float) -> None:
+        self._db = db
+        self._ttl = ttl
+        self._owners: dict[str, str] | None = None
+        self._expires = 0.0
+        self._lock = threading.Lock()
+
+    def any(self) -> bool:
+        """True while at least one key is valid: then every request needs one."""
+        return bool(self._current())
+
+    def owner_of(self, key: str) -> str | None:
+        """The name of a valid key, None for an unknown or revoked one."""
+        return self._current().get(key_hash(key))
+
+    def _current(self) -> dict[str, str]:
+        owners = self._owners
+        if owners is not None and time.monotonic() < self._expires:
+            return owners
+        if not self._lock.acquire(blocking=owners is None):
+            assert owners is not None
+            return owners
+        try:
+            if self._owners is None or time.monotonic() >= self._expires:
+                self._owners = self._load()
+                self._expires = time.monotonic() + self._ttl
+            return self._owners
+        finally:
+            self._lock.release()
+
+    def _load(self) -> dict[str, str]:
+        with self._db.unit_of_work() as uow:
+            rows = uow.session.execute(
+                select(ApiKey.key_hash, ApiKey.name).where(ApiKey.revoked_at.is_(None))
+            ).all()
+        return {digest: name for digest, name in rows}

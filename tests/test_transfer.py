@@ -1,0 +1,297 @@
+"""ChatGPT's data export in and out: lossless round trips, idempotent imports, continuing
+an imported conversation, and imports of large files in bounded memory."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import uuid
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import func, select
+
+from models.entities import Conversation, Message
+from services.transfer import ConversationTransfer, read_export
+from tests.fakes.openai_upstream import FakeOpenAI, Reply
+from tests.helpers import ask, check_tree, history, ok, post
+from tests.server_process import PROJECT_ROOT
+
+EXPORT = Path(__file__).parent / "data" / "chatgpt_export.json"
+CAPITALS = "6752f0a1-3c4e-8007-9a1b-2f7e4d5c6b01"
+GREAT_WALL = "6752f0a1-3c4e-8007-9a1b-2f7e4d5c6b02"
+TOOLS = "6752f0a1-3c4e-8007-9a1b-2f7e4d5c6b03"
+
+
+def by_id(conversations: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {conversation["id"]: conversation for conversation in conversations}
+
+
+def import_file(app: Flask, path: Path = EXPORT, owner: str = "") -> Any:
+    with path.open("rb") as stream:
+        return ConversationTransfer(app.extensions["database"], owner).import_conversations(read_export(stream))
+
+
+def export_all(app: Flask, owner: str = "") -> list[dict[str, Any]]:
+    out = io.StringIO()
+    ConversationTransfer(app.extensions["database"], owner).export_conversations(out)
+    return json.loads(out.getvalue())
+
+
+def count_rows(app: Flask) -> tuple[int, int]:
+    with app.extensions["database"].unit_of_work() as uow:
+        return (
+            uow.session.scalar(select(func.count()).select_from(Conversation)) or 0,
+            uow.session.scalar(select(func.count()).select_from(Message)) or 0,
+        )
+
+
+def test_the_sample_export_round_trips_unchanged(app: Flask) -> None:
+    original = json.loads(EXPORT.read_text(encoding="utf-8"))
+    report = import_file(app)
+    assert (report.conversations, report.messages, report.invalid) == (3, 24, 0)
+    exported = export_all(app)
+    assert by_id(exported) == by_id(original)  # ids, titles, times, every branch, current nodes
+    for conversation in exported:
+        assert list(conversation) == list(by_id(original)[conversation["id"]])  # key order too
+    capitals = by_id(exported)[CAPITALS]["mapping"]
+    assert "client-created-root" in capitals
+    assert sorted(len(node["children"]) for node in capitals.values()) == [0, 0, 0, 1, 1, 2, 2]
+
+
+def test_importing_again_adds_nothing(app: Flask) -> None:
+    import_file(app)
+    before = count_rows(app)
+    report = import_file(app)
+    assert (report.conversations, report.already_present) == (0, 3)
+    assert count_rows(app) == before == (3, 24)
+
+
+def test_an_imported_conversation_in_history_uses_the_services_ids(app: Flask, client: FlaskClient) -> None:
+    import_file(app)
+    tree = history(client, CAPITALS)
+    check_tree(tree["mapping"])
+    for node_id in tree["mapping"]:
+        uuid.UUID(node_id)  # `client-created-root` has a UUID here, usable as parent_id
+    original = by_id(json.loads(EXPORT.read_text(encoding="utf-8")))[CAPITALS]
+    assert tree["title"] == "Capital cities"
+    assert tree["create_time"] == original["create_time"]
+    assert tree["current_node"] == original["current_node"]
+    listed = ok(post(client, "conversation", {}))
+    assert [c["title"] for c in listed] == ["Parabola fit and browsing", "长城简介", "Capital cities"]
+
+    tools = history(client, TOOLS)["mapping"]
+    kinds = sorted(
+        node["message"]["content"]["content_type"] for node in tools.values() if node.get("message")
+    )
+    assert kinds == [
+        "code", "execution_output", "multimodal_text", "tether_browsing_display", "text", "text", "text", "text",
+    ]
+    models = {node["message"]["metadata"].get("model_slug") for node in tools.values() if node.get("message")}
+    assert {"gpt-4o", "gpt-4"} <= models
+
+
+def test_an_imported_conversation_continues_with_ask(
+    app: Flask, client: FlaskClient, fake_upstream: FakeOpenAI
+) -> None:
+    import_file(app)
+    fake_upstream.script(Reply(text="八达岭在北京。"))
+    answer = ask(client, "八达岭在哪里？", convo_id=GREAT_WALL)
+    assert fake_upstream.requests[0].body["messages"] == [  # hidden context and empty system left out
+        {"role": "user", "content": "你好！请用两句话介绍一下长城。"},
+        {"role": "assistant", "content": "长城是中国古代修建的军事防御工程，总长度超过两万公里。它始建于春秋战国时期，明朝时期的长城保存最为完整。"},
+        {"role": "user", "content": "它在哪个朝代修建得最多？"},
+        {"role": "assistant", "content": "明朝修建的长城规模最大，我们今天看到的八达岭、慕田峪等段落大多是明长城。"},
+        {"role": "user", "content": "八达岭在哪里？"},
+    ]
+    tree = history(client, GREAT_WALL)
+    assert tree["current_node"] == answer["parent_id"]
+    question = tree["mapping"][answer["parent_id"]]["parent"]
+    assert tree["mapping"][question]["parent"] == "5abe0d9c-aaaa-4b80-8f6d-6d7e8f9a0b02"
+
+    exported = by_id(export_all(app))[GREAT_WALL]  # the old nodes come back unchanged
+    original = by_id(json.loads(EXPORT.read_text(encoding="utf-8")))[GREAT_WALL]
+    for key, node in original["mapping"].items():
+        if key != "5abe0d9c-aaaa-4b80-8f6d-6d7e8f9a0b02":
+            assert exported["mapping"][key] == node
+    assert exported["current_node"] == answer["parent_id"]
+    assert exported["update_time"] > original["update_time"]
+
+
+def test_tool_calls_and_outputs_are_not_sent_upstream(
+    app: Flask, client: FlaskClient, fake_upstream: FakeOpenAI
+) -> None:
+    import_file(app)
+    ask(client, "Thanks!", convo_id=TOOLS)
+    assert fake_upstream.requests[0].body["messages"] == [
+        {"role": "user", "content": "Here is a photo of my sales chart. Fit a parabola y = a·x² to it and plot it."},
+        {"role": "assistant", "content": "Here is the fitted parabola y = 1.5·x²."},
+        {"role": "user", "content": "What do news sites say about parabolic trends?"},
+        {"role": "assistant", "content": "News sites describe a parabolic trend as a sharp, accelerating rise【0†source】."},
+        {"role": "user", "content": "Thanks!"},
+    ]
+
+
+def test_a_branch_can_start_from_an_imported_message(
+    app: Flask, client: FlaskClient, fake_upstream: FakeOpenAI
+) -> None:
+    import_file(app)
+    question = "aaa2b3c4-1111-4d5e-8f60-7a8b9c0d1e01"  # it already has two answers
+    ask(client, "What is the capital of France?", convo_id=CAPITALS, parent_id=question)
+    assert len(history(client, CAPITALS)["mapping"][question]["children"]) == 3
+
+
+def test_service_made_conversations_export_as_chatgpt_does_and_import_back(
+    app: Flask, client: FlaskClient
+) -> None:
+    first = ask(client, "One")
+    ask(client, "Two", convo_id=first["conversation_id"])
+    ask(client, "Two, again", convo_id=first["conversation_id"], parent_id=first["parent_id"])
+    ask(client, "Other")
+    before = {c["id"]: history(client, c["id"]) for c in ok(post(client, "conversation", {}))}
+    exported = export_all(app)
+    assert len(exported) == 2
+    for conversation in exported:
+        assert conversation["conversation_id"] == conversation["id"]
+        assert {"title", "create_time", "update_time", "mapping", "moderation_results", "current_node"} <= set(conversation)
+        [root] = [node for node in conversation["mapping"].values() if node["parent"] is None]
+        assert root["message"] is None
+    post(client, "clear/conversations", {})
+    path = Path(app.instance_path) / f"export-{uuid.uuid4().hex}.json"
+    try:
+        path.write_text(json.dumps(exported), encoding="utf-8")
+        assert import_file(app, path).conversations == 2
+    finally:
+        path.unlink()
+    assert {cid: history(client, cid) for cid in before} == before
+
+
+def test_a_re_import_of_the_same_message_ids_elsewhere_gets_new_ids(app: Flask) -> None:
+    """A copy of a conversation under another id (a fork) shares its message ids."""
+    original = by_id(json.loads(EXPORT.read_text(encoding="utf-8")))[CAPITALS]
+    fork = {**original, "id": str(uuid.uuid4()), "conversation_id": None, "title": "Fork"}
+    fork["conversation_id"] = fork["id"]
+    path = Path(app.instance_path) / f"fork-{uuid.uuid4().hex}.json"
+    try:
+        path.write_text(json.dumps([original, fork]), encoding="utf-8")
+        assert import_file(app, path).conversations == 2
+    finally:
+        path.unlink()
+    assert by_id(export_all(app))[fork["id"]]["mapping"] == original["mapping"]
+
+
+def test_what_is_not_a_conversation_is_counted_and_skipped(app: Flask, tmp_path: Path) -> None:
+    path = tmp_path / "odd.json"
+    path.write_text(json.dumps([{"title": "no mapping", "id": str(uuid.uuid4())}, 5, {"mapping": {}}]))
+    report = import_file(app, path)
+    assert (report.conversations, report.invalid) == (0, 3)
+
+
+def run_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DATABASE_URL": database_url}
+    return subprocess.run(
+        [sys.executable, "app.py", *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_the_commands_import_a_zip_and_export_a_file(database_url: str, tmp_path: Path) -> None:
+    archive = tmp_path / "chatgpt-export.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.write(EXPORT, "conversations.json")
+        zipped.writestr("chat.html", "<html></html>")
+    imported = run_cli(database_url, "import", str(archive))
+    assert imported.returncode == 0, imported.stderr
+    assert "imported 3 conversation(s) with 24 message(s)" in imported.stderr
+    assert "100%" in imported.stderr  # the progress bar, on stderr
+    again = run_cli(database_url, "import", str(EXPORT))
+    assert "3 already present" in again.stderr
+    out = tmp_path / "conversations.json"
+    exported = run_cli(database_url, "export", str(out))
+    assert exported.returncode == 0, exported.stderr
+    assert by_id(json.loads(out.read_text(encoding="utf-8"))) == by_id(json.loads(EXPORT.read_text(encoding="utf-8")))
+
+
+def test_a_file_that_is_not_json_is_refused_cleanly(database_url: str, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"id": "x", "mapping": {')
+    result = run_cli(database_url, "import", str(broken))
+    assert result.returncode == 1
+    assert "not valid JSON" in result.stderr and "Traceback" not in result.stderr
+
+
+def write_large_export(path: Path, conversations: int, messages: int, text_size: int, first: int = 1) -> None:
+    """A synthetic export, written as a stream (the test itself stays small)."""
+    filler = ("数据导出 export " * (text_size // 16 + 1))[:text_size]
+    with path.open("w", encoding="utf-8") as out:
+        out.write("[")
+        for n in range(conversations):
+            cid = str(uuid.UUID(int=first + n))
+            ids = [f"{cid[:-12]}{k:012d}" for k in range(messages + 1)]
+            ids[0] = "client-created-root"
+            mapping = {ids[0]: {"id": ids[0], "message": None, "parent": None, "children": [ids[1]]}}
+            for k in range(1, messages + 1):
+                role = "user" if k % 2 else "assistant"
+                mapping[ids[k]] = {
+                    "id": ids[k],
+                    "message": {
+                        "id": ids[k], "author": {"role": role, "name": None, "metadata": {}},
+                        "create_time": 1.7e9 + n * 100 + k, "update_time": None,
+                        "content": {"content_type": "text", "parts": [f"{k}: {filler}"]},
+                        "status": "finished_successfully", "end_turn": role == "assistant", "weight": 1.0,
+                        "metadata": {"model_slug": "gpt-4o"} if role == "assistant" else {}, "recipient": "all",
+                    },
+                    "parent": ids[k - 1],
+                    "children": [ids[k + 1]] if k < messages else [],
+                }
+            conversation = {
+                "title": f"Synthetic {n}", "create_time": 1.7e9 + n * 100, "update_time": 1.7e9 + n * 100 + messages,
+                "mapping": mapping, "moderation_results": [], "current_node": ids[-1], "id": cid,
+            }
+            out.write(("," if n else "") + json.dumps(conversation, ensure_ascii=False))
+        out.write("]")
+
+
+PEAK_REPORTER = """
+import runpy, sys
+sys.argv = ["app.py", *sys.argv[1:]]
+try:
+    runpy.run_path("app.py", run_name="__main__")
+finally:
+    peak = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    sys.stderr.write("\\npeak-rss-kb " + peak.split()[1] + "\\n")
+"""
+
+
+def peak_rss_of_import(database_url: str, path: Path) -> int:
+    """Peak resident memory (bytes) of `python app.py import PATH`, read from its own VmHWM
+    (unlike ru_maxrss, it does not start from the parent's size at fork)."""
+    env = {**os.environ, "DATABASE_URL": database_url}
+    result = subprocess.run(
+        [sys.executable, "-c", PEAK_REPORTER, "import", str(path)],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    return int(result.stderr.rsplit("peak-rss-kb ", 1)[1].split()[0]) * 1024
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/status")
+def test_a_large_export_imports_in_bounded_memory(database_url: str, tmp_path: Path) -> None:
+    small, large = tmp_path / "small.json", tmp_path / "large.json"
+    write_large_export(small, conversations=2, messages=6, text_size=1000, first=10**6)
+    write_large_export(large, conversations=800, messages=12, text_size=2400)
+    size = large.stat().st_size
+    assert size > 30 * 2**20
+    baseline = peak_rss_of_import(database_url, small)
+    peak = peak_rss_of_import(database_url, large)
+    # Loading the file whole would take several times its size; streaming holds one conversation.
+    print(f"import of {size / 2**20:.0f} MiB: peak RSS {peak / 2**20:.0f} MiB, {baseline / 2**20:.0f} MiB for a tiny file")
+    assert peak - baseline < size / 2
+    with_messages = run_cli(database_url, "export", "-")
+    assert with_messages.stdout.count('"current_node"') == 802
