@@ -20,7 +20,7 @@ from api.openapi import REF
 from api.schemas import AskBody, EmptyBody, ListBody, RequiredConversationRef, TitleBody
 from services.transfer import ConversationTransfer, read_export
 from tests.fakes.openai_upstream import Fail, FakeOpenAI
-from tests.helpers import ask, ok, post, sse_json
+from tests.helpers import ok, post, sse_json
 
 EXPORT = Path(__file__).parent / "data" / "chatgpt_export.json"
 

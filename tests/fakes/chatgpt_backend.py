@@ -23,6 +23,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.loop_thread import LoopThreadServer
+
 PREFIX = "/backend-api/"
 DEFAULT_TOKEN = "fake-chatgpt-access-token"
 PUID = "fake-puid"
@@ -131,8 +133,10 @@ def _detail(status: int, detail: Any) -> web.Response:
     return web.json_response({"detail": detail}, status=status)
 
 
-class FakeChatGPTBackend:
+class FakeChatGPTBackend(LoopThreadServer):
     """The fake backend-api. Set the knobs below from the test's thread before a request."""
+
+    thread_name = "fake-chatgpt"
 
     def __init__(self, token: str = DEFAULT_TOKEN, host: str = "127.0.0.1") -> None:
         self.token = token
@@ -162,10 +166,8 @@ class FakeChatGPTBackend:
         """Answer streams the client went away from before the end."""
         self._failures: deque[tuple[int, Any]] = deque()
         self._cond = threading.Condition()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
         self._origin = ""
+        super().__init__()
 
     # --- control, from the test's thread -------------------------------------------------------
 
@@ -193,52 +195,6 @@ class FakeChatGPTBackend:
         """The recorded requests' paths, in order."""
         return [r.path for r in self.requests]
 
-    @property
-    def open_connections(self) -> int:
-        """TCP connections currently open to the server, idle keep-alive ones included."""
-        loop, runner = self._loop, self._runner
-        if loop is None or runner is None:
-            return 0
-
-        async def count() -> int:  # aiohttp mutates the set on the loop's thread
-            return len(runner.server.connections) if runner.server else 0
-
-        return asyncio.run_coroutine_threadsafe(count(), loop).result(timeout=5)
-
-    def start(self) -> FakeChatGPTBackend:
-        """Start serving; returns once the socket is listening."""
-        if self._thread is not None:
-            raise RuntimeError("already started")
-        self._loop = asyncio.new_event_loop()
-        started = asyncio.run_coroutine_threadsafe(self._serve(), self._loop)
-        self._thread = threading.Thread(target=self._loop.run_forever, name="fake-chatgpt", daemon=True)
-        self._thread.start()
-        try:
-            started.result(timeout=10)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def stop(self) -> None:
-        """Stop serving, cancel in-flight handlers, close connections, join the thread. Idempotent."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        self._loop = self._thread = None
-        try:
-            asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=10)
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=10)
-            loop.close()
-
-    def __enter__(self) -> FakeChatGPTBackend:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
     # --- server, on the loop's thread ----------------------------------------------------------
 
     async def _serve(self) -> None:
@@ -261,10 +217,6 @@ class FakeChatGPTBackend:
         await site.start()
         host, port = self._runner.addresses[0][:2]
         self._origin = f"http://{host}:{port}"
-
-    async def _shutdown(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     @web.middleware
     async def _middleware(

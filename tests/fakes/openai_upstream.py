@@ -28,6 +28,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.loop_thread import LoopThreadServer
+
 LISTEN_BACKLOG = 4096
 SYSTEM_FINGERPRINT = "fp_fake"
 
@@ -145,8 +147,10 @@ def _abort(request: web.BaseRequest, rst: bool = False) -> None:
     transport.abort()
 
 
-class FakeOpenAI:
+class FakeOpenAI(LoopThreadServer):
     """The fake upstream; runs an aiohttp app on its own event loop in a daemon thread."""
+
+    thread_name = "fake-openai"
 
     def __init__(
         self, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None, record: bool = True
@@ -162,9 +166,7 @@ class FakeOpenAI:
         self._script: deque[Behaviour] = deque()
         self._cond = threading.Condition()
         self._handlers: set[asyncio.Task[Any]] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__()
 
     # --- control, from the test's thread -------------------------------------------------------
 
@@ -185,63 +187,14 @@ class FakeOpenAI:
                 raise TimeoutError(f"expected {n} requests, got {len(self.requests)}")
             return list(self.requests)
 
-    @property
-    def open_connections(self) -> int:
-        """TCP connections currently open to the server, idle keep-alive ones included."""
-        loop, runner = self._loop, self._runner
-        if loop is None or runner is None or runner.server is None:
-            return 0
-
-        async def count() -> int:  # read on the loop's thread: aiohttp mutates the set there
-            return len(runner.server.connections) if runner.server else 0
-
-        return asyncio.run_coroutine_threadsafe(count(), loop).result(timeout=5)
-
     def nodelay_flags(self) -> list[bool]:
         """TCP_NODELAY of each open connection's socket: True means no delayed-ACK stalls."""
-        loop, runner = self._loop, self._runner
-        if loop is None or runner is None or runner.server is None:
-            return []
 
-        async def flags() -> list[bool]:
-            sockets = [c.transport.get_extra_info("socket") for c in runner.server.connections if c.transport]
+        def flags(server: web.Server) -> list[bool]:
+            sockets = [c.transport.get_extra_info("socket") for c in server.connections if c.transport]
             return [bool(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)) for s in sockets if s]
 
-        return asyncio.run_coroutine_threadsafe(flags(), loop).result(timeout=5)
-
-    def start(self) -> FakeOpenAI:
-        """Start serving; returns once the socket is listening (raises if it could not bind)."""
-        if self._thread is not None:
-            raise RuntimeError("already started")
-        self._loop = asyncio.new_event_loop()
-        started = asyncio.run_coroutine_threadsafe(self._serve(), self._loop)
-        self._thread = threading.Thread(target=self._loop.run_forever, name="fake-openai", daemon=True)
-        self._thread.start()
-        try:
-            started.result(timeout=10)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def stop(self) -> None:
-        """Stop serving: in-flight handlers (Hang included) are cancelled, connections closed. Idempotent."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        self._loop = self._thread = None
-        try:
-            asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=10)
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=10)
-            loop.close()
-
-    def __enter__(self) -> FakeOpenAI:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        return self._on_loop(flags, [])
 
     # --- server, on the loop's thread ----------------------------------------------------------
 
@@ -259,8 +212,7 @@ class FakeOpenAI:
     async def _shutdown(self) -> None:
         for task in list(self._handlers):
             task.cancel()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await super()._shutdown()
 
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
         task = asyncio.current_task()
