@@ -23,7 +23,10 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`python app.py [args]` with the given environment; `url` once `start()` returns."""
+    """`python app.py [args]` with the given environment; `url` once `start()` returns.
+
+    `args` may instead start with "-c" to run other Python code as the server.
+    """
 
     def __init__(
         self, env: dict[str, str], *args: str, port: int | None = None, cwd: Path = PROJECT_ROOT
@@ -44,7 +47,7 @@ class ServerProcess:
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
         self.process = subprocess.Popen(
-            [sys.executable, "app.py", *self.args],
+            [sys.executable, *(self.args if self.args[:1] == ("-c",) else ("app.py", *self.args))],
             cwd=self.cwd,
             env=self.env,
             stdout=subprocess.PIPE,

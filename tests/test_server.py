@@ -75,3 +75,21 @@ def test_serves_without_any_database_configured(tmp_path: Path, fake_upstream: F
         assert server.post("ask", {"prompt": "x"}).status_code == 200
         assert len(server.post("conversation", {}).json()["response"]) == 1
     assert (checkout / "instance" / "gpt-api.sqlite3").is_file()
+
+
+WAITRESS = """
+from app import create_app, serve_with_waitress
+from config import Settings
+settings = Settings()
+serve_with_waitress(create_app(settings), settings)
+"""
+
+
+def test_the_windows_server_serves_and_streams(database_url: str, fake_upstream: FakeOpenAI) -> None:
+    """Windows runs waitress (no fork, no gevent); the same code path, on this machine."""
+    with ServerProcess(server_env(database_url, fake_upstream), "-c", WAITRESS) as server:
+        answer = server.post("ask", {"prompt": "hi"}).json()["response"]
+        streamed = server.post("ask", {"prompt": "again", "convo_id": answer["conversation_id"], "stream": True})
+        assert streamed.headers["content-type"].startswith("text/event-stream")
+        assert streamed.text.endswith("data: [DONE]\n\n")
+        assert len(server.post("conversation", {}).json()["response"]) == 1
