@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.request_log import elapsed_seconds, route_label
 from services.health import check_ready
-from services.metrics import CONTENT_TYPE_LATEST, Metrics
+from services.metrics import Metrics
 
 bp = Blueprint("ops", __name__)
 
