@@ -149,7 +149,7 @@ def test_a_branch_can_start_from_an_imported_message(
 
 
 def test_service_made_conversations_export_as_chatgpt_does_and_import_back(
-    app: Flask, client: FlaskClient
+    app: Flask, client: FlaskClient, tmp_path: Path
 ) -> None:
     first = ask(client, "One")
     ask(client, "Two", convo_id=first["conversation_id"])
@@ -164,26 +164,20 @@ def test_service_made_conversations_export_as_chatgpt_does_and_import_back(
         [root] = [node for node in conversation["mapping"].values() if node["parent"] is None]
         assert root["message"] is None
     post(client, "clear/conversations", {})
-    path = Path(app.instance_path) / f"export-{uuid.uuid4().hex}.json"
-    try:
-        path.write_text(json.dumps(exported), encoding="utf-8")
-        assert import_file(app, path).conversations == 2
-    finally:
-        path.unlink()
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps(exported), encoding="utf-8")
+    assert import_file(app, path).conversations == 2
     assert {cid: history(client, cid) for cid in before} == before
 
 
-def test_a_re_import_of_the_same_message_ids_elsewhere_gets_new_ids(app: Flask) -> None:
+def test_a_re_import_of_the_same_message_ids_elsewhere_gets_new_ids(app: Flask, tmp_path: Path) -> None:
     """A copy of a conversation under another id (a fork) shares its message ids."""
     original = by_id(json.loads(EXPORT.read_text(encoding="utf-8")))[CAPITALS]
     fork = {**original, "id": str(uuid.uuid4()), "conversation_id": None, "title": "Fork"}
     fork["conversation_id"] = fork["id"]
-    path = Path(app.instance_path) / f"fork-{uuid.uuid4().hex}.json"
-    try:
-        path.write_text(json.dumps([original, fork]), encoding="utf-8")
-        assert import_file(app, path).conversations == 2
-    finally:
-        path.unlink()
+    path = tmp_path / "fork.json"
+    path.write_text(json.dumps([original, fork]), encoding="utf-8")
+    assert import_file(app, path).conversations == 2
     assert by_id(export_all(app))[fork["id"]]["mapping"] == original["mapping"]
 
 
