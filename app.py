@@ -13,6 +13,7 @@ if __name__ == "__main__" and sys.platform != "win32":
 
     patch_psycopg()
 
+import gc
 import logging
 import os
 import zipfile
@@ -196,6 +197,10 @@ def serve_with_gunicorn(app: Flask, settings: Settings) -> None:
         def load(self) -> Flask:
             return app
 
+    # Everything built so far lives as long as the process: keep it out of the garbage
+    # collector's full passes, which otherwise scan it again and again (a 1,000-message
+    # history: 31 ms of CPU per request without this, 19 with it; p99 126 ms -> 23 ms).
+    gc.freeze()
     Server().run()
 
 

@@ -1,0 +1,342 @@
+"""`uv run python -m bench`: the service's overhead, measured on this machine in one run.
+
+Starts a fake OpenAI upstream with a fixed latency, makes a PostgreSQL database, runs
+`python app.py` on it, drives it with wrk and with an asyncio client holding SSE
+streams open, prints every figure beside its floor and its target, and cleans up
+(processes and database) however it ends. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import replace
+from pathlib import Path
+from types import FrameType
+
+from sqlalchemy.engine import make_url
+
+from bench.loadgen import LoadResult, Wrk, ensure_wrk
+from bench.processes import Child, free_port, raise_fd_limit, start_fake_upstream, start_service
+from bench.report import Row, Section, Target, misses, render
+from bench.seed import create_database, drop_database, list_cursor, seed
+from bench.streams import StreamRun, run_streams
+
+MODEL = "gpt-4o-mini"
+PROMPT = "Hello there, how are you today?"
+ANSWER = " ".join(["The quick brown fox jumps over the lazy dog."] * 6)
+"""54 words: split by the fake upstream into as many stream chunks as asked, up to 54."""
+UPSTREAM_KEY = "sk-bench"
+STREAM_CHUNKS = 8
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--postgres-url", default=os.environ.get(
+        "BENCH_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"),
+        help="server to make the bench database on (default: %(default)s)")
+    parser.add_argument("--latency-ms", type=float, default=60.0, help="upstream latency (default: 60)")
+    parser.add_argument("--seconds", type=float, default=8.0, help="length of each wrk run (default: 8)")
+    parser.add_argument("--concurrency", type=int, default=50, help="wrk connections for the ask latency (default: 50)")
+    parser.add_argument("--throughput-connections", type=int, default=128,
+                        help="wrk connections for the ask throughput (default: 128)")
+    parser.add_argument("--streams", type=int, default=2000, help="SSE streams to hold open (default: 2000)")
+    parser.add_argument("--stream-rate", type=float, default=50.0, help="streams opened per second (default: 50)")
+    parser.add_argument("--conversations", type=int, default=100_000, help="conversations stored (default: 100000)")
+    parser.add_argument("--history-messages", type=int, default=1000, help="messages in the long one (default: 1000)")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment for the service, e.g. --env WORKERS=1 (repeatable)")
+    parser.add_argument("--only", default="reading,asks,streams",
+                        help="comma-separated phases to run: reading, asks, streams (default: all)")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs and print where")
+    return parser.parse_args(argv)
+
+
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def upstream_body(prompt: str) -> dict:
+    """What the service sends upstream for a new conversation (empty system prompt)."""
+    return {
+        "messages": [{"role": "user", "content": prompt}],
+        "model": MODEL,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, work_dir: Path, stack: ExitStack) -> None:
+        self.args = args
+        self.work_dir = work_dir
+        self.stack = stack
+        self.wrk = Wrk(ensure_wrk(), work_dir)
+        self.database_url = ""
+        self.sizing = "?"
+        """The service's own account of its workers and pools, from its log."""
+
+    # -- processes -----------------------------------------------------------
+
+    def upstream(self, name: str, *, chunks: int, chunk_delay_ms: float) -> Child:
+        log(f"starting {name} (latency {self.args.latency_ms:g} ms, {chunks} chunks, {chunk_delay_ms:g} ms apart)")
+        child = start_fake_upstream(
+            name, self.work_dir, latency_ms=self.args.latency_ms, chunks=chunks, chunk_delay_ms=chunk_delay_ms,
+            text=ANSWER,
+        )
+        self.stack.callback(child.stop)
+        return child
+
+    def service(self, name: str, upstream: Child) -> Child:
+        env = {
+            "HOST": "127.0.0.1",
+            "PORT": str(free_port()),
+            "DATABASE_URL": self.database_url,
+            "OPENAI_API_KEY": UPSTREAM_KEY,
+            "OPENAI_BASE_URL": upstream.url,
+            "OPENAI_MODEL": MODEL,
+            "GENERATE_TITLES": "false",
+            # What a developer's .env may have set that would change what is measured.
+            "LLM_PROVIDER": "openai",
+            "SYSTEM_PROMPT": "",
+            "RATE_LIMIT": "",
+            "MAX_STREAMS_PER_KEY": "0",
+            "REDIS_URL": "",
+        }
+        for item in self.args.env:
+            key, _, value = item.partition("=")
+            env[key] = value
+        log(f"starting the service ({name})")
+        child = start_service(name, self.work_dir, env)
+        self.stack.callback(child.stop)
+        sizing = re.findall(r"\d+ workers x .*", child.log_tail(200))
+        if sizing:
+            self.sizing = sizing[-1]
+        return child
+
+    def database(self) -> None:
+        name = f"gpt_api_bench_{uuid.uuid4().hex[:10]}"
+        log(f"creating database {name}")
+        self.database_url = create_database(self.args.postgres_url, name)
+
+        def drop() -> None:
+            log(f"dropping database {name}")
+            drop_database(self.args.postgres_url, name)
+
+        self.stack.callback(drop)
+
+    # -- measuring -----------------------------------------------------------
+
+    def load(self, what: str, server: Child, url: str, connections: int, body: dict | None = None,
+             method: str = "POST", seconds: float | None = None) -> LoadResult:
+        seconds = seconds or self.args.seconds
+        cpu_before = server.cpu_seconds()
+        result = self.wrk.run(url, connections=connections, seconds=seconds, body=body, method=method)
+        cpu_ms = (server.cpu_seconds() - cpu_before) * 1000 / max(result.requests, 1)
+        result = replace(result, server_cpu_ms=cpu_ms)
+        log(f"{what} c={connections}: p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms, "
+            f"{result.per_second:.0f}/s, {result.errors} errors, {server.name} CPU {cpu_ms:.2f} ms/request")
+        return result
+
+    def streams(self, what: str, url: str, body: dict | None, *, count: int | None = None,
+                method: str = "POST", expect_events: bool = True, first_event_only: bool = False,
+                sample: Callable[[], int] | None = None) -> StreamRun:
+        run = asyncio.run(run_streams(
+            url, count=count or self.args.streams, rate=self.args.stream_rate, body=body, method=method,
+            expect_events=expect_events, first_event_only=first_event_only, sample=sample,
+        ))
+        log(f"{what}: {len(run.ttfbs)} answered, {run.peak_open} open at once, "
+            f"TTFB p50 {run.percentile(50) * 1000:.1f} ms p99 {run.percentile(99) * 1000:.1f} ms, "
+            f"{run.completed} completed, {run.failed} failed")
+        errors = Counter(o.error for o in run.outcomes if o.error)
+        for error, times in errors.most_common(3):
+            log(f"  {times} x {error}")
+        return run
+
+    # -- the run -------------------------------------------------------------
+
+    def run(self, phases: list[str]) -> list[Section]:
+        self.database()
+        upstream = self.upstream("upstream-ask", chunks=3, chunk_delay_ms=0)
+        service = self.service("service-ask", upstream)
+        self.load("warm-up", service, f"{service.url}/healthz", self.args.concurrency, method="GET", seconds=2)
+        sections = []
+        if "reading" in phases:
+            sections.append(self.reading(service))
+        if "asks" in phases:
+            sections.append(self.asks(service, upstream))
+        service.stop()
+        upstream.stop()
+        if "streams" in phases:
+            sections.append(self.streams_phase())
+        return sections
+
+    def reading(self, service: Child) -> Section:
+        """History of a long conversation, and list pages among many conversations."""
+        args = self.args
+        log(f"seeding {args.conversations:,} conversations and one of {args.history_messages:,} messages")
+        started = time.perf_counter()
+        long_id = seed(self.database_url, conversations=args.conversations, long_messages=args.history_messages)
+        depth = args.conversations // 2  # the deep list page starts after this many
+        cursor = list_cursor(self.database_url, depth - 1)
+        log(f"seeded in {time.perf_counter() - started:.1f} s")
+        api = f"{service.url}/api/chat"
+        floor = self.load("floor /healthz", service, f"{service.url}/healthz", 1, method="GET")
+        history = self.load("msg/history", service, f"{api}/msg/history", 1, {"convo_id": str(long_id)})
+        first = self.load("list first page", service, f"{api}/conversation", 1, {"limit": 20})
+        after = self.load("list after cursor", service, f"{api}/conversation", 1, {"limit": 20, "after": str(cursor)})
+        offset = self.load("list offset", service, f"{api}/conversation", 1, {"limit": 20, "offset": depth})
+        stored = f"{args.conversations + 1:,} stored"
+        return Section("reading (c=1; floor = GET /healthz at c=1; target on p50)", [
+            Row(f"msg/history, {args.history_messages:,} messages, p50", history.p50_ms, "ms",
+                floor.p50_ms, Target(20), _errors(history)),
+            Row(f"msg/history, {args.history_messages:,} messages, p99", history.p99_ms, "ms", floor.p99_ms),
+            Row(f"list first page, {stored}, p50", first.p50_ms, "ms", floor.p50_ms, Target(5), _errors(first)),
+            Row(f"list first page, {stored}, p99", first.p99_ms, "ms", floor.p99_ms),
+            Row(f"list page after {depth:,} (after cursor), p50", after.p50_ms, "ms", floor.p50_ms,
+                Target(5), _errors(after)),
+            Row(f"list page after {depth:,} (after cursor), p99", after.p99_ms, "ms", floor.p99_ms),
+            Row(f"list page after {depth:,} (offset), p50", offset.p50_ms, "ms", floor.p50_ms,
+                Target(5), _errors(offset)),
+            Row(f"list page after {depth:,} (offset), p99", offset.p99_ms, "ms", floor.p99_ms),
+        ])
+
+    def asks(self, service: Child, upstream: Child) -> Section:
+        """Non-streamed asks through the service beside the same requests straight to the upstream."""
+        args = self.args
+        c, ct = args.concurrency, args.throughput_connections
+        health = f"{service.url}/healthz"
+        floor1 = self.load("floor /healthz", service, health, 1, method="GET")
+        floor_c = self.load("floor /healthz", service, health, c, method="GET")
+        floor_t = self.load("floor /healthz", service, health, ct, method="GET")
+        direct_url = f"{upstream.url}/chat/completions"
+        direct_body = upstream_body(PROMPT)
+        direct1 = self.load("upstream direct", upstream, direct_url, 1, direct_body)
+        direct_c = self.load("upstream direct", upstream, direct_url, c, direct_body)
+        direct_t = self.load("upstream direct", upstream, direct_url, ct, direct_body)
+        ask_url, ask_body = f"{service.url}/api/chat/ask", {"prompt": PROMPT}
+        self.load("warm-up ask", service, ask_url, c, ask_body, seconds=2)
+        ask1 = self.load("ask", service, ask_url, 1, ask_body)
+        ask_c = self.load("ask", service, ask_url, c, ask_body)
+        ask_t = self.load("ask", service, ask_url, ct, ask_body)
+        return Section(f"ask, not streamed (upstream latency {args.latency_ms:g} ms; added = via service - direct;"
+                       " floor = GET /healthz)", [
+            Row("direct to upstream p50, c=1", direct1.p50_ms, "ms"),
+            Row("via service p50, c=1", ask1.p50_ms, "ms", note=_errors(ask1)),
+            Row("added p50, c=1", ask1.p50_ms - direct1.p50_ms, "ms", floor1.p50_ms),
+            Row("added p99, c=1", ask1.p99_ms - direct1.p99_ms, "ms", floor1.p99_ms),
+            Row(f"direct to upstream p50, c={c}", direct_c.p50_ms, "ms"),
+            Row(f"via service p50, c={c}", ask_c.p50_ms, "ms", note=_errors(ask_c)),
+            Row(f"added p50, c={c}", ask_c.p50_ms - direct_c.p50_ms, "ms", floor_c.p50_ms, Target(3)),
+            Row(f"added p99, c={c}", ask_c.p99_ms - direct_c.p99_ms, "ms", floor_c.p99_ms, Target(15)),
+            Row(f"direct to upstream throughput, c={ct}", direct_t.per_second, "req/s"),
+            Row(f"asks per second, c={ct}", ask_t.per_second, "req/s", floor_t.per_second,
+                Target(500, at_least=True), _errors(ask_t)),
+            Row("service CPU per ask (all processes)", ask_t.server_cpu_ms, "ms", floor_t.server_cpu_ms),
+        ])
+
+    def streams_phase(self) -> Section:
+        """Thousands of SSE streams open at once, from an upstream whose answers outlast the ramp."""
+        args = self.args
+        ramp = args.streams / args.stream_rate
+        chunk_delay_ms = 1000 * (ramp + 8) / (STREAM_CHUNKS - 1)
+        upstream = self.upstream("upstream-stream", chunks=STREAM_CHUNKS, chunk_delay_ms=chunk_delay_ms)
+        service = self.service("service-stream", upstream)
+        ask_url, body = f"{service.url}/api/chat/ask", {"prompt": PROMPT, "stream": True}
+        warm = asyncio.run(run_streams(ask_url, count=50, rate=25, body=body, first_event_only=True))
+        log(f"warm-up: {len(warm.ttfbs)} streams answered")
+        floor = self.streams("floor /healthz at the same rate", f"{service.url}/healthz", None,
+                             count=min(args.streams, 500), method="GET", expect_events=False)
+        direct = self.streams("streams straight to the upstream (time to first event only)",
+                              f"{upstream.url}/chat/completions", upstream_body(PROMPT), first_event_only=True)
+        time.sleep(1)
+        idle = service.rss_bytes()
+        cpu = service.cpu_seconds()
+        run = self.streams("streams via the service", ask_url, body, sample=service.rss_bytes)
+        cpu_ms = (service.cpu_seconds() - cpu) * 1000 / args.streams
+        if service.process.poll() is not None or cpu_ms < 0:  # it, or a worker, went away
+            log(f"the service lost processes during the run:\n{service.log_tail()}")
+            cpu_ms = float("nan")
+        half, full = run.samples[0], run.samples[-1]
+        added = full.open - half.open
+        per_stream = (full.value - half.value) / added / 1024 if added > 0 else float("nan")
+        return Section(f"streams ({args.streams:,} opened at {args.stream_rate:g}/s, each answer "
+                       f"{STREAM_CHUNKS} chunks {chunk_delay_ms / 1000:.1f} s apart; floor = GET /healthz at that rate)", [
+            Row("held open at once", full.open, "", target=Target(2000, at_least=True),
+                note=f"({run.completed} ended with [DONE], {run.failed} failed)"),
+            Row("TTFB straight to the upstream p50", 1000 * direct.percentile(50), "ms"),
+            Row("TTFB via the service p50", 1000 * run.percentile(50), "ms"),
+            Row("added TTFB p50", 1000 * (run.percentile(50) - direct.percentile(50)), "ms",
+                1000 * floor.percentile(50)),
+            Row("added TTFB p99", 1000 * (run.percentile(99) - direct.percentile(99)), "ms",
+                1000 * floor.percentile(99), Target(250)),
+            Row("service memory, idle", idle / 2**20, "MiB"),
+            Row(f"service memory, {half.open:,} open", half.value / 2**20, "MiB"),
+            Row(f"service memory, {full.open:,} open", full.value / 2**20, "MiB"),
+            Row(f"memory per open stream ({half.open:,} to {full.open:,})", per_stream, "KiB",
+                target=Target(100)),
+            Row("memory per open stream (idle to all open)", (full.value - idle) / max(full.open, 1) / 1024, "KiB"),
+            Row("service CPU per stream", cpu_ms, "ms"),
+        ])
+
+
+def _errors(*results: LoadResult) -> str:
+    count = sum(r.errors for r in results)
+    return f"({count} errors)" if count else ""
+
+
+@contextmanager
+def work_directory(keep: bool) -> Iterator[Path]:
+    if keep:
+        path = Path(tempfile.mkdtemp(prefix="gpt-api-bench-"))
+        try:
+            yield path
+        finally:
+            log(f"logs kept in {path}")
+    else:
+        with tempfile.TemporaryDirectory(prefix="gpt-api-bench-") as path:
+            yield Path(path)
+
+
+PHASES = ("reading", "asks", "streams")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    phases = [phase for phase in args.only.split(",") if phase]
+    if not phases or set(phases) - set(PHASES):
+        sys.exit(f"--only takes a comma-separated list of {', '.join(PHASES)}")
+    if make_url(args.postgres_url).host not in (None, "127.0.0.1", "localhost", "::1"):
+        sys.exit("the bench only talks to this machine: --postgres-url must be on 127.0.0.1")
+    signal.signal(signal.SIGTERM, _terminate)
+    limit = raise_fd_limit()
+    if limit < 2 * args.streams + 1000:
+        log(f"warning: only {limit} open files allowed; {args.streams} streams need about {2 * args.streams + 1000}")
+    started = time.perf_counter()
+    with work_directory(args.keep_logs) as work_dir, ExitStack() as stack:
+        bench = Bench(args, work_dir, stack)
+        sections = bench.run(phases)
+    print(f"gpt-api bench: {os.cpu_count()} CPUs, {time.perf_counter() - started:.0f} s; "
+          f"service settings: {' '.join(args.env) or 'defaults'} ({bench.sizing})")
+    print(render(sections))
+    missed = misses(sections)
+    print(f"{len(missed)} of the targets missed" if missed else "every target met")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
