@@ -219,11 +219,8 @@ def serve_with_waitress(app: Flask, settings: Settings) -> None:
 @cli.command()
 def migrate() -> None:
     """Create or upgrade the database schema, then exit."""
-    settings = Settings()
-    db = Database(settings.database_url)
-    db.migrate()
-    db.dispose()
-    click.echo("database schema is current")
+    with migrated_database():
+        click.echo("database schema is current")
 
 
 @contextmanager

@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import make_url
 
 SEED_CONVERSATIONS = text(
     """
@@ -61,28 +61,24 @@ SEED_LONG_CONVERSATION = text(
 )
 
 
-def admin_url(url: str) -> URL:
-    return make_url(url).set(database="postgres")
+def _on_server(server_url: str, statement: str) -> None:
+    """Run `statement` on the server's `postgres` database, outside a transaction."""
+    engine = create_engine(make_url(server_url).set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.execute(text(statement))
+    finally:
+        engine.dispose()
 
 
 def create_database(server_url: str, name: str) -> str:
     """A new, empty database on the server of `server_url`; returns its URL."""
-    engine = create_engine(admin_url(server_url), isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        engine.dispose()
+    _on_server(server_url, f'CREATE DATABASE "{name}"')
     return make_url(server_url).set(database=name).render_as_string(hide_password=False)
 
 
 def drop_database(server_url: str, name: str) -> None:
-    engine = create_engine(admin_url(server_url), isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        engine.dispose()
+    _on_server(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def seed(url: str, *, conversations: int, long_messages: int, owner: str = "") -> uuid.UUID:
