@@ -27,10 +27,11 @@ from types import FrameType
 from sqlalchemy.engine import make_url
 
 from bench.loadgen import LoadResult, Wrk, ensure_wrk
-from bench.processes import Child, free_port, raise_fd_limit, start_fake_upstream, start_service
+from bench.processes import Child, start_fake_upstream, start_service
 from bench.report import Row, Section, Target, misses, render
 from bench.seed import create_database, drop_database, list_cursor, seed
 from bench.streams import StreamRun, run_streams
+from fakes.net import free_port, raise_fd_limit
 
 MODEL = "gpt-4o-mini"
 PROMPT = "Hello there, how are you today?"

@@ -8,9 +8,7 @@ whose `finally` blocks then stop the children in order.
 from __future__ import annotations
 
 import os
-import resource
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,21 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-def raise_fd_limit() -> int:
-    """Lift the soft limit on open files to the hard limit; children inherit it. Returns it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
-    if soft != resource.RLIM_INFINITY and soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def descendants(pid: int) -> list[int]:
@@ -152,9 +135,9 @@ def start_fake_upstream(
     text: str,
     timeout: float = 30.0,
 ) -> Child:
-    """`python -m tests.fakes.openai_upstream`, once it prints `READY <url>`."""
+    """`python -m fakes.openai_upstream`, once it prints `READY <url>`."""
     args = [
-        sys.executable, "-m", "tests.fakes.openai_upstream", "--port", "0", "--text", text,
+        sys.executable, "-m", "fakes.openai_upstream", "--port", "0", "--text", text,
         "--latency-ms", str(latency_ms), "--chunks", str(chunks), "--chunk-delay-ms", str(chunk_delay_ms),
     ]
     child = _spawn(name, args, {**os.environ, "PYTHONUNBUFFERED": "1"}, log_dir)

@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 
 from app import create_app
 from config import Settings
-from tests.fakes.openai_upstream import FakeOpenAI
+from fakes.openai_upstream import FakeOpenAI
 
 POSTGRES_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"

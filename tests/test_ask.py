@@ -8,8 +8,8 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
+from fakes.openai_upstream import Fail, FakeOpenAI, Hang, Reply, Reset
 from models.entities import Message
-from tests.fakes.openai_upstream import Fail, FakeOpenAI, Hang, Reply, Reset
 from tests.helpers import ask, check_tree, error_of, history, ok, post
 
 

@@ -15,8 +15,8 @@ from bench.loadgen import parse_result
 from bench.report import Row, Section, Target, misses, render
 from bench.seed import list_cursor, seed
 from bench.streams import event_data, run_streams, split_events
+from fakes.openai_upstream import FakeOpenAI, Reply
 from models.db import Database
-from tests.fakes.openai_upstream import FakeOpenAI, Reply
 
 
 def test_split_events_keeps_the_unfinished_rest() -> None:

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from fakes.chatgpt_backend import FakeChatGPTBackend  # noqa: E402
 from services.errors import (  # noqa: E402
     ConversationNotFound,
     UpstreamError,
@@ -34,7 +35,6 @@ from services.errors import (  # noqa: E402
 )
 from services.providers.base import ChatMessage, ReplyChunk, ReplyRequest  # noqa: E402
 from services.providers.chatgpt import ChatGPTProvider  # noqa: E402
-from tests.fakes.chatgpt_backend import FakeChatGPTBackend  # noqa: E402
 
 MODEL = "text-davinci-002-render-sha"
 LONG_REPLY = "The quick brown fox jumps over the lazy dog. " * 6

@@ -16,9 +16,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from app import create_app
+from fakes.chatgpt_backend import FakeChatGPTBackend
 from models.entities import Conversation
 from tests.conftest import make_settings
-from tests.fakes.chatgpt_backend import FakeChatGPTBackend
 from tests.helpers import ask, check_tree, error_of, history, ok, post, sse_events, sse_json, wait_until
 
 

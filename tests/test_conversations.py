@@ -10,8 +10,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
+from fakes.openai_upstream import FakeOpenAI, Reply
 from models.entities import Conversation, Message
-from tests.fakes.openai_upstream import FakeOpenAI, Reply
 from tests.helpers import ask, check_tree, error_of, history, ok, post
 
 

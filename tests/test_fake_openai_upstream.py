@@ -1,4 +1,4 @@
-"""Proves tests/fakes/openai_upstream.py against the real openai SDK, over real HTTP on 127.0.0.1."""
+"""Proves fakes/openai_upstream.py against the real openai SDK, over real HTTP on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import aiohttp
 import openai
 import pytest
 
-from tests.fakes.openai_upstream import FakeOpenAI, Fail, Hang, Reply, Reset, split_words
+from fakes.openai_upstream import FakeOpenAI, Fail, Hang, Reply, Reset, split_words
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-test"
@@ -302,7 +302,7 @@ def test_many_concurrent_streams(fake: FakeOpenAI) -> None:
 
 def test_standalone_mode() -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.openai_upstream", "--port", "0", "--latency-ms", "50",
+        [sys.executable, "-m", "fakes.openai_upstream", "--port", "0", "--latency-ms", "50",
          "--chunks", "2", "--text", "alpha beta gamma"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
     )

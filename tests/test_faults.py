@@ -18,10 +18,10 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.engine import make_url
 
 from app import create_app
+from fakes.openai_upstream import Behaviour, Fail, FakeOpenAI, Hang, Reply, Reset
+from fakes.tcp_proxy import TcpProxy
 from models.entities import Message
 from tests.conftest import UPSTREAM_KEY, make_settings
-from tests.fakes.openai_upstream import Behaviour, Fail, FakeOpenAI, Hang, Reply, Reset
-from tests.fakes.tcp_proxy import TcpProxy
 from tests.helpers import check_tree, error_of, history, ok, post, sse_json
 from tests.server_process import ServerProcess
 

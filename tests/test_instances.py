@@ -15,8 +15,8 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 
+from fakes.openai_upstream import FakeOpenAI, Reply
 from tests.conftest import UPSTREAM_KEY
-from tests.fakes.openai_upstream import FakeOpenAI, Reply
 from tests.helpers import check_tree, wait_until
 from tests.server_process import PROJECT_ROOT, ServerProcess
 

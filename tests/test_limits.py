@@ -11,12 +11,12 @@ from sqlalchemy import func, select
 from werkzeug.test import TestResponse
 
 from app import create_app
+from fakes.net import free_port
+from fakes.openai_upstream import Fail, FakeOpenAI, Reply
 from models.entities import Message
 from services.api_keys import ApiKeys
 from tests.conftest import make_settings
-from tests.fakes.openai_upstream import Fail, FakeOpenAI, Reply
 from tests.helpers import error_of, ok
-from tests.server_process import free_port
 
 
 def new_key(app: Flask, name: str) -> str:

@@ -10,9 +10,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from fakes.openai_upstream import FakeOpenAI, Reply
 from services.api_keys import ApiKeys
 from tests.conftest import UPSTREAM_KEY
-from tests.fakes.openai_upstream import FakeOpenAI, Reply
 from tests.helpers import error_of, ok, post
 from tests.server_process import ServerProcess
 

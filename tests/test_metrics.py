@@ -8,8 +8,8 @@ import httpx
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from fakes.openai_upstream import Fail, FakeOpenAI, Reply
 from tests.conftest import UPSTREAM_KEY
-from tests.fakes.openai_upstream import Fail, FakeOpenAI, Reply
 from tests.helpers import ask, error_of, post
 from tests.server_process import ServerProcess
 

@@ -18,8 +18,8 @@ from werkzeug.test import TestResponse
 
 from api.openapi import REF
 from api.schemas import AskBody, EmptyBody, ListBody, RequiredConversationRef, TitleBody
+from fakes.openai_upstream import Fail, FakeOpenAI
 from services.transfer import ConversationTransfer, read_export
-from tests.fakes.openai_upstream import Fail, FakeOpenAI
 from tests.helpers import ok, post, sse_json
 
 EXPORT = Path(__file__).parent / "data" / "chatgpt_export.json"

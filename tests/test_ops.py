@@ -12,9 +12,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from app import create_app
+from fakes.openai_upstream import FakeOpenAI
 from models.db import Database, _alembic_config
 from tests.conftest import make_settings
-from tests.fakes.openai_upstream import FakeOpenAI
 from tests.helpers import error_of
 
 UNREACHABLE_POSTGRESQL = "postgresql+psycopg2://postgres@127.0.0.1:1/gpt-api"  # nothing listens on port 1

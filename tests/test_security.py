@@ -18,12 +18,13 @@ from werkzeug.test import TestResponse
 
 from api.auth import is_loopback, refusal
 from app import cli, create_app
+from fakes.net import free_port
+from fakes.openai_upstream import FakeOpenAI
 from models.entities import ApiKey, Conversation, Message
 from services.api_keys import ApiKeys
 from tests.conftest import make_settings
-from tests.fakes.openai_upstream import FakeOpenAI
 from tests.helpers import check_tree, error_of, ok, post
-from tests.server_process import PROJECT_ROOT, free_port
+from tests.server_process import PROJECT_ROOT
 
 
 @pytest.fixture
@@ -337,7 +338,7 @@ def test_keys_never_reach_the_logs(app: Flask, client: FlaskClient, caplog: pyte
 
 def test_with_keys_clear_deletes_only_the_callers_chatgpt_conversations_upstream(database_url: str) -> None:
     pytest.importorskip("revChatGPT")
-    from tests.fakes.chatgpt_backend import FakeChatGPTBackend
+    from fakes.chatgpt_backend import FakeChatGPTBackend
 
     with FakeChatGPTBackend() as backend:
         app = create_app(make_settings(

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from fakes.openai_upstream import FakeOpenAI, Reply
 from tests.conftest import UPSTREAM_KEY
-from tests.fakes.openai_upstream import FakeOpenAI, Reply
 from tests.server_process import PROJECT_ROOT, ServerProcess
 
 

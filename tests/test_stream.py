@@ -7,7 +7,7 @@ import json
 import pytest
 from flask.testing import FlaskClient
 
-from tests.fakes.openai_upstream import Fail, FakeOpenAI, Hang, Reply
+from fakes.openai_upstream import Fail, FakeOpenAI, Hang, Reply
 from tests.helpers import ask, error_of, history, sse_events, sse_json, wait_until
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from flask.testing import FlaskClient
 
-from tests.fakes.openai_upstream import Fail, FakeOpenAI, Reply
+from fakes.openai_upstream import Fail, FakeOpenAI, Reply
 from tests.helpers import ask, ok, post, wait_until
 
 titles_on = pytest.mark.parametrize("settings_overrides", [{"generate_titles": True}])

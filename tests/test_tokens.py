@@ -8,12 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fakes.openai_upstream import FakeOpenAI, Reply
 from flask import Flask
 from flask.testing import FlaskClient
 from models.entities import Message
 from services import tokens
 from services.providers.base import ChatMessage
-from tests.fakes.openai_upstream import FakeOpenAI, Reply
 from tests.helpers import ask, history, post, sse_json
 from tests.server_process import PROJECT_ROOT
 

@@ -18,9 +18,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
+from fakes.openai_upstream import FakeOpenAI, Reply
 from models.entities import Conversation, Message
 from services.transfer import ConversationTransfer, read_export
-from tests.fakes.openai_upstream import FakeOpenAI, Reply
 from tests.helpers import ask, check_tree, history, ok, post
 from tests.server_process import PROJECT_ROOT
 

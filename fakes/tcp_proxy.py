@@ -11,10 +11,10 @@ It runs an asyncio loop on a daemon thread; every method is called from the test
 from __future__ import annotations
 
 import asyncio
-import socket
-import struct
 import threading
 from typing import Any
+
+from fakes.net import reset
 
 
 class TcpProxy:
@@ -83,7 +83,7 @@ class TcpProxy:
             self._server.close()
             self._server = None
         for writer in list(self._writers):
-            _reset(writer)
+            reset(writer.transport)
         self._writers.clear()
         for task in list(self._tasks):
             task.cancel()
@@ -93,7 +93,7 @@ class TcpProxy:
         try:
             server_reader, server_writer = await asyncio.open_connection(*self.target)
         except OSError:
-            _reset(client_writer)
+            reset(client_writer.transport)
             self._writers.discard(client_writer)
             return
         self._writers.add(server_writer)
@@ -113,14 +113,3 @@ class TcpProxy:
         finally:
             self._writers.discard(writer)
             writer.close()
-
-
-def _reset(writer: asyncio.StreamWriter) -> None:
-    """Close with a TCP RST, as a peer that died does to a connection in use."""
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
-    writer.transport.abort()

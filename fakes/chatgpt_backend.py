@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.loop_thread import LoopThreadServer
+from fakes.loop_thread import LoopThreadServer
 
 PREFIX = "/backend-api/"
 DEFAULT_TOKEN = "fake-chatgpt-access-token"

@@ -5,7 +5,7 @@ Tests drive the real ``openai`` SDK (or the project's own client) against it ove
 
 Standalone, for benchmarks::
 
-    python -m tests.fakes.openai_upstream --port 0 --latency-ms 60 [--chunks 5] [--chunk-delay-ms 0] [--text "..."]
+    python -m fakes.openai_upstream --port 0 --latency-ms 60 [--chunks 5] [--chunk-delay-ms 0] [--text "..."]
 """
 
 from __future__ import annotations
@@ -14,10 +14,8 @@ import argparse
 import asyncio
 import json
 import re
-import resource
 import signal
 import socket
-import struct
 import threading
 import time
 import uuid
@@ -28,7 +26,8 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.loop_thread import LoopThreadServer
+from fakes.loop_thread import LoopThreadServer
+from fakes.net import raise_fd_limit, reset
 
 LISTEN_BACKLOG = 4096
 SYSTEM_FINGERPRINT = "fp_fake"
@@ -142,9 +141,10 @@ def _abort(request: web.BaseRequest, rst: bool = False) -> None:
     transport = request.transport
     if transport is None:
         return
-    if rst and (sock := transport.get_extra_info("socket")) is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()
+    if rst:
+        reset(transport)
+    else:
+        transport.abort()
 
 
 class FakeOpenAI(LoopThreadServer):
@@ -343,14 +343,6 @@ def _chunk_maker(body: dict, reply: Reply) -> Callable[..., bytes]:
     return chunk
 
 
-def _raise_fd_limit() -> None:
-    """Thousands of open streams need thousands of descriptors; the usual soft limit is 1024."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = 65536 if hard == resource.RLIM_INFINITY else hard
-    if soft != resource.RLIM_INFINITY and soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Serve a fake OpenAI upstream until SIGTERM/SIGINT.")
     parser.add_argument("--port", type=int, default=0)
@@ -369,7 +361,7 @@ def main(argv: list[str] | None = None) -> None:
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
-    _raise_fd_limit()
+    raise_fd_limit()
     with FakeOpenAI(port=args.port, record=False) as fake:
         fake.default = lambda body: reply
         print(f"READY {fake.url}", flush=True)
