@@ -10,7 +10,9 @@ from __future__ import annotations
 import ipaddress
 import socket
 
-from flask import Flask, g, request
+from flask import Flask, request
+
+from api.context import ANONYMOUS, Caller, set_caller
 
 from config import Settings
 from services.api_keys import KeyRing
@@ -54,19 +56,18 @@ def bearer_key() -> str | None:
 
 
 def register_auth(app: Flask, keys: KeyRing, *, open_without_keys: bool) -> None:
-    """Set `g.owner` (whose conversations) and `g.key_name` (None when anonymous) per request."""
+    """Set the request's `Caller` (see `api.context`) before every /api route."""
 
     @app.before_request
     def authenticate() -> None:
         if request.method == "OPTIONS" or not is_api_request():
             return  # CORS preflights carry no credentials
-        g.key_name = None
         key = bearer_key()
         if key is not None:  # a key given is checked even while none is needed
             name = keys.owner_of(key)
             if name is None:
                 raise Unauthenticated("The API key is not valid (unknown or revoked).")
-            g.owner = g.key_name = name
+            set_caller(Caller(owner=name, key_name=name))
         elif keys.any():
             raise Unauthenticated("This API needs a key: send the header 'Authorization: Bearer <key>'.")
         elif not open_without_keys:
@@ -74,4 +75,4 @@ def register_auth(app: Flask, keys: KeyRing, *, open_without_keys: bool) -> None
                 "No API key exists yet; create one with `python app.py keys create NAME`."
             )
         else:
-            g.owner = ""
+            set_caller(ANONYMOUS)

@@ -10,9 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import flask_swagger_ui
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Response, current_app, jsonify, send_from_directory
+from flask_openapi3 import APIBlueprint
+from pydantic import BaseModel
 
-from api.openapi import build_spec
+from api.context import GptApi
+from api.openapi import OPERATIONS, document, errors
 
 SWAGGER_UI = Path(flask_swagger_ui.__file__).resolve().parent / "dist"
 ASSETS = "/docs/assets"
@@ -50,25 +53,40 @@ INIT = """window.onload = function () {
 };
 """
 
-bp = Blueprint("docs", __name__, static_folder=SWAGGER_UI, static_url_path=ASSETS)
+bp = APIBlueprint("docs", __name__, abp_tags=[OPERATIONS])
 
 
-@bp.get("/openapi.json")
+def _text(media_type: str) -> dict[int, dict[str, object]]:
+    return {200: {"content": {media_type: {"schema": {"type": "string"}}}}}
+
+
+@bp.get("/openapi.json", responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}}})
 def openapi_json() -> Response:
-    spec = current_app.extensions.get("openapi")
-    if spec is None:
-        spec = current_app.extensions["openapi"] = build_spec(current_app)
-    return jsonify(spec)
+    """This document"""
+    app: GptApi = current_app  # type: ignore[assignment]
+    return jsonify(document(app))
 
 
-@bp.get("/docs")
+@bp.get("/docs", responses=_text("text/html"))
 def page() -> Response:
+    """The API docs page (Swagger UI, served by this app)"""
     return Response(PAGE, mimetype="text/html")
 
 
-@bp.get("/docs/init.js")
+@bp.get("/docs/init.js", responses=_text("text/javascript"))
 def init_script() -> Response:
+    """The docs page's start-up script"""
     return Response(INIT, mimetype="text/javascript")
+
+
+class AssetPath(BaseModel):
+    name: str
+
+
+@bp.get(f"{ASSETS}/<path:name>", responses={**_text("application/octet-stream"), **errors(404)})
+def asset(path: AssetPath) -> Response:
+    """Swagger UI's files (from the flask-swagger-ui package)"""
+    return send_from_directory(SWAGGER_UI, path.name)
 
 
 @bp.after_request

@@ -7,7 +7,6 @@ from typing import Any
 
 from flask import Flask, Response, jsonify
 from pydantic import ValidationError
-from sqlalchemy.exc import DBAPIError, DisconnectionError, TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from services.errors import (
@@ -84,18 +83,18 @@ def validation_message(error: ValidationError) -> str:
 
 
 def as_service_error(error: Exception) -> ServiceError | None:
-    """The domain meaning of an exception, when it has one."""
+    """The domain meaning of an exception, when it has one (database failures got theirs in
+    the unit of work)."""
     if isinstance(error, ServiceError):
         return error
     if isinstance(error, ValidationError):
         return InvalidRequest(validation_message(error))
-    if isinstance(error, (DisconnectionError, PoolTimeout)) or (
-        isinstance(error, DBAPIError) and error.connection_invalidated
-    ):
-        return DatabaseUnavailable("The database is unreachable; try again shortly.")
-    if isinstance(error, DBAPIError) and type(error).__name__ in ("OperationalError", "InterfaceError"):
-        return DatabaseUnavailable("The database is unreachable; try again shortly.")
     return None
+
+
+def invalid_body(error: ValidationError) -> Response:
+    """flask-openapi3's hook for a body that fails its model: the 400 naming the field."""
+    raise InvalidRequest(validation_message(error))
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -120,6 +119,4 @@ def register_error_handlers(app: Flask) -> None:
         if service_error is None:
             log.exception("unhandled error")
             return error_response(500, "internal_error", "Something went wrong on our side.")
-        if isinstance(service_error, DatabaseUnavailable):
-            log.warning("database unavailable: %s", error)
         return service_error_response(service_error)

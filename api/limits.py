@@ -13,14 +13,15 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, request
 from flask_limiter import Limiter, RateLimitExceeded
 
 from api.auth import is_api_request
+from api.context import current_caller, services
 from api.errors import service_error_response
 from config import Settings
 from services.errors import RateLimited
-from services.stream_slots import Slot, StreamSlots, build_slots
+from services.stream_slots import Slot
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +31,12 @@ STREAM_RETRY_AFTER = 2
 
 def caller_identity() -> str:
     """Whom the limits count: the key's name, or the client's address without keys."""
-    name = g.get("key_name")
+    name = current_caller().key_name
     return f"key:{name}" if name else f"addr:{request.remote_addr or 'unknown'}"
 
 
 def register_limits(app: Flask, settings: Settings) -> None:
     """Register after `register_auth`: the rate limit needs to know the caller."""
-    app.extensions["stream_slots"] = build_slots(
-        settings.max_streams_per_key, settings.redis_url, settings.redis_key_prefix
-    )
     limited = settings.rate_limit or settings.max_streams_per_key
     if limited and not settings.redis_url and settings.workers > 1:
         log.warning(
@@ -110,8 +108,7 @@ def _then(body: Iterable[Any], release: Callable[[], None]) -> Iterator[Any]:
 def answer_slot() -> Iterator[AnswerSlot]:
     """Take a slot for one answer (429 at the cap); given back on leaving the block unless
     `hand_over` passed it to a streamed response."""
-    slots: StreamSlots = current_app.extensions["stream_slots"]
-    slot = slots.acquire(caller_identity())
+    slot = services().slots.acquire(caller_identity())
     if slot is None:
         raise RateLimited(
             "Too many answers in flight for this key (MAX_STREAMS_PER_KEY); "

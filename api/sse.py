@@ -8,12 +8,13 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from flask import Response, current_app
+from flask import Response
 from prometheus_client import Gauge
 
 from api.errors import as_service_error, error_body
-from api.payloads import answer_payload
-from services.conversations import AnswerEvent
+from api.context import services
+from api.schemas import answer_payload
+from services.asking import AnswerEvent
 
 KEEP_ALIVE = ": keep-alive\n\n"
 DONE = "data: [DONE]\n\n"
@@ -95,7 +96,7 @@ def stream_response(
     if isinstance(first, _End):  # an answer always ends with a final event; defensive
         first = None
     upstream = first.answer.upstream_seconds if first is not None else keep_alive
-    open_streams = current_app.extensions["metrics"].open_streams
+    open_streams = services().metrics.open_streams
     return Response(
         _lines(pump, first, keep_alive, open_streams),
         mimetype="text/event-stream",

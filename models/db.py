@@ -1,10 +1,9 @@
-"""Engine, sessions, units of work and schema migrations."""
+"""Engine, sessions and schema migrations (units of work are in `services/unit_of_work.py`)."""
 
 from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from types import TracebackType
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -19,29 +18,6 @@ from models import pg_wait
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # Any constant works; it only has to be the same for every instance sharing a database.
 MIGRATION_LOCK_KEY = 0x6770742D617069
-
-
-class UnitOfWork:
-    """One session, one transaction: rolled back on exit unless `commit()` was called."""
-
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
-        self._sessions = sessions
-
-    def __enter__(self) -> UnitOfWork:
-        self.session = self._sessions()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.session.rollback()
-        self.session.close()
-
-    def commit(self) -> None:
-        self.session.commit()
 
 
 def _enable_sqlite_features(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
@@ -108,9 +84,6 @@ class Database:
             url, pool_size=pool_size, max_overflow=max_overflow, timeout=timeout
         )
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-
-    def unit_of_work(self) -> UnitOfWork:
-        return UnitOfWork(self.sessions)
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision.

@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from models.db import Database
 from models.entities import ApiKey, Conversation, utcnow
 from services.errors import InvalidRequest, NotFound
+from services.unit_of_work import UnitOfWork
 
 KEY_PREFIX = "gpa_"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
@@ -67,7 +68,7 @@ class ApiKeys:
                 "A key name is 1 to 64 letters, digits or . _ @ -, starting with a letter or digit."
             )
         key = new_key()
-        with self._db.unit_of_work() as uow:
+        with UnitOfWork(self._db) as uow:
             uow.session.add(ApiKey(name=name, key_hash=key_hash(key), created_at=utcnow()))
             adopted = 0
             if adopt_anonymous:
@@ -84,7 +85,7 @@ class ApiKeys:
         return NewKey(name, key, adopted)
 
     def revoke(self, name: str) -> None:
-        with self._db.unit_of_work() as uow:
+        with UnitOfWork(self._db) as uow:
             revoked = uow.session.execute(
                 update(ApiKey)
                 .where(ApiKey.name == name, ApiKey.revoked_at.is_(None))
@@ -96,7 +97,7 @@ class ApiKeys:
 
     def list(self) -> list[KeyInfo]:
         """Every key ever made, revoked ones included, by name and age."""
-        with self._db.unit_of_work() as uow:
+        with UnitOfWork(self._db) as uow:
             rows = uow.session.execute(
                 select(ApiKey.name, ApiKey.created_at, ApiKey.revoked_at).order_by(
                     ApiKey.name, ApiKey.created_at
@@ -146,7 +147,7 @@ class KeyRing:
             self._lock.release()
 
     def _load(self) -> dict[str, str]:
-        with self._db.unit_of_work() as uow:
+        with UnitOfWork(self._db) as uow:
             rows = uow.session.execute(
                 select(ApiKey.key_hash, ApiKey.name).where(ApiKey.revoked_at.is_(None))
             ).all()

@@ -10,19 +10,85 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import ConfigDict, Field, with_config
+from typing_extensions import NotRequired, TypedDict
 
 from models.entities import DEFAULT_TITLE, Conversation, Message
 
 
-def message_document(message: Message, node_id: str | None = None) -> dict[str, Any]:
+class Usage(TypedDict):
+    """Tokens of an answer: the upstream's count, or estimated with a tokenizer when it gave none."""
+
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    total_tokens: int | None
+
+
+@with_config(ConfigDict(extra="allow"))
+class MessageMetadata(TypedDict):
+    model_slug: NotRequired[str | None]
+    finish_details: NotRequired[dict[str, Any] | None]
+    usage: NotRequired[Usage]
+    timestamp_: NotRequired[str]
+
+
+@with_config(ConfigDict(extra="allow"))
+class MessageAuthor(TypedDict):
+    role: str
+    metadata: dict[str, Any]
+
+
+@with_config(ConfigDict(extra="allow"))
+class MessageContent(TypedDict):
+    content_type: Annotated[str, Field(description="`text` here; imported messages keep theirs (`code`, ...).")]
+    parts: NotRequired[list[Any]]
+
+
+@with_config(ConfigDict(extra="allow"))
+class MessageDocument(TypedDict):
+    """A message in ChatGPT's shape. Messages made here have every key; imported ones keep what
+    the export had."""
+
+    id: str
+    author: MessageAuthor
+    create_time: NotRequired[float | None]
+    content: MessageContent
+    status: NotRequired[str | None]
+    end_turn: NotRequired[bool | None]
+    weight: NotRequired[float]
+    metadata: NotRequired[MessageMetadata]
+    recipient: NotRequired[str]
+
+
+class Node(TypedDict):
+    id: str
+    message: NotRequired[Annotated[MessageDocument | None, Field(description="Absent on the root node.")]]
+    parent: str | None
+    children: list[str]
+
+
+class ConversationDocument(TypedDict):
+    """A conversation in ChatGPT's export shape; times are epoch seconds."""
+
+    title: str
+    create_time: float
+    update_time: float
+    mapping: dict[str, Node]
+    moderation_results: list[Any]
+    current_node: str | None
+
+
+def message_document(message: Message, node_id: str | None = None) -> MessageDocument:
     """One message as ChatGPT writes it inside a mapping node.
 
     An imported message is given as imported; `node_id`, when given, replaces its id.
     """
     if message.original is not None:
-        return message.original if node_id is None else {**message.original, "id": node_id}
-    metadata: dict[str, Any] = {}
+        original: MessageDocument = message.original  # type: ignore[assignment]  # kept as imported
+        return original if node_id is None else {**original, "id": node_id}
+    metadata: MessageMetadata = {}
     if message.role == "assistant":
         metadata["model_slug"] = message.model
         metadata["finish_details"] = (
@@ -31,7 +97,7 @@ def message_document(message: Message, node_id: str | None = None) -> dict[str, 
     if message.prompt_tokens is not None or message.completion_tokens is not None:
         metadata["usage"] = usage_document(message.prompt_tokens, message.completion_tokens)
     metadata["timestamp_"] = "absolute"
-    return {
+    return {  # the order ChatGPT writes them in
         "id": node_id or str(message.id),
         "author": {"role": message.role, "metadata": {}},
         "create_time": message.created_at.timestamp(),
@@ -44,15 +110,13 @@ def message_document(message: Message, node_id: str | None = None) -> dict[str, 
     }
 
 
-def usage_document(prompt: int | None, completion: int | None) -> dict[str, int | None]:
+def usage_document(prompt: int | None, completion: int | None) -> Usage:
     """Token usage in the OpenAI API's `usage` shape."""
     total = prompt + completion if prompt is not None and completion is not None else None
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
 
 
-def conversation_document(
-    conversation: Conversation, messages: Sequence[Message]
-) -> dict[str, Any]:
+def conversation_document(conversation: Conversation, messages: Sequence[Message]) -> ConversationDocument:
     """The whole tree for `msg/history`; `messages` in creation order, so children keep their order."""
     return {
         "title": conversation.title,
@@ -95,13 +159,13 @@ def export_document(conversation: Conversation, messages: Sequence[Message]) -> 
     return {**merged, **{key: value for key, value in document.items() if key not in merged}}
 
 
-def _mapping(messages: Sequence[Message], *, export: bool) -> dict[str, dict[str, Any]]:
+def _mapping(messages: Sequence[Message], *, export: bool) -> dict[str, Node]:
     """Nodes by id, each listing its parent and its children (in creation order)."""
     keys = {m.id: (m.original_id or str(m.id)) if export else str(m.id) for m in messages}
-    mapping: dict[str, dict[str, Any]] = {}
+    mapping: dict[str, Node] = {}
     for message in messages:
         key = keys[message.id]
-        node: dict[str, Any] = {"id": key}
+        node: Node = {"id": key}  # type: ignore[typeddict-item]  # the other keys follow, in order
         if message.role is not None:
             node["message"] = message_document(message, None if export else key)
         elif export:

@@ -139,8 +139,8 @@ def app(
 ) -> Iterator[Flask]:
     app = create_app(make_settings(database_url, fake_upstream.url, **settings_overrides))
     yield app
-    app.extensions["conversations"].close()
-    app.extensions["database"].dispose()
+    app.services.titles.close()
+    app.services.database.dispose()
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
+from services.unit_of_work import UnitOfWork
 from fakes.openai_upstream import Fail, FakeOpenAI, Hang, Reply, Reset
 from models.entities import Message
 from tests.helpers import ask, check_tree, error_of, history, ok, post
@@ -251,9 +252,9 @@ def test_no_upstream_configured_is_a_503_naming_the_variable(database_url: str) 
     assert "OPENAI_API_KEY" in error["message"]
     assert ok(post(client, "conversation", {})) == []
     assert count_messages(app) == 0
-    app.extensions["database"].dispose()
+    app.services.database.dispose()
 
 
 def count_messages(app) -> int:  # type: ignore[no-untyped-def]
-    with app.extensions["database"].unit_of_work() as uow:
+    with UnitOfWork(app.services.database) as uow:
         return uow.session.scalar(select(func.count()).select_from(Message))

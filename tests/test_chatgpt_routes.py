@@ -16,6 +16,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from app import create_app
+from services.unit_of_work import UnitOfWork
 from fakes.chatgpt_backend import FakeChatGPTBackend
 from models.entities import Conversation
 from tests.conftest import make_settings
@@ -38,12 +39,12 @@ def chatgpt_app(database_url: str, backend: FakeChatGPTBackend, **overrides: obj
 def app(database_url: str, backend: FakeChatGPTBackend) -> Iterator[Flask]:
     app = chatgpt_app(database_url, backend)
     yield app
-    app.extensions["conversations"].close()
-    app.extensions["database"].dispose()
+    app.services.titles.close()
+    app.services.database.dispose()
 
 
 def upstream_id(app: Flask, conversation_id: str) -> str | None:
-    with app.extensions["database"].unit_of_work() as uow:
+    with UnitOfWork(app.services.database) as uow:
         return uow.session.get(Conversation, uuid.UUID(conversation_id)).upstream_id
 
 
@@ -185,15 +186,15 @@ def test_title_is_generated_upstream(database_url: str, backend: FakeChatGPTBack
     conversation = ask(client, "Hello")["conversation_id"]
     wait_until(lambda: history(client, conversation)["title"] == "Greeting")
     assert any("gen_title" in path for path in backend.paths())
-    app.extensions["conversations"].close()
-    app.extensions["database"].dispose()
+    app.services.titles.close()
+    app.services.database.dispose()
 
 
 def test_missing_token_is_a_503_naming_it(database_url: str, backend: FakeChatGPTBackend) -> None:
     app = chatgpt_app(database_url, backend, chatgpt_access_token=None)
     error = error_of(post(app.test_client(), "ask", {"prompt": "x"}), 503)
     assert "CHATGPT_ACCESS_TOKEN" in error["message"]
-    app.extensions["database"].dispose()
+    app.services.database.dispose()
 
 
 def test_missing_extra_is_a_503_naming_it(database_url: str, backend: FakeChatGPTBackend, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -204,4 +205,4 @@ def test_missing_extra_is_a_503_naming_it(database_url: str, backend: FakeChatGP
     error = error_of(post(app.test_client(), "ask", {"prompt": "x"}), 503)
     assert "chatgpt" in error["message"] and "extra" in error["message"]
     assert ok(post(app.test_client(), "conversation", {})) == []
-    app.extensions["database"].dispose()
+    app.services.database.dispose()

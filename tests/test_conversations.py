@@ -10,6 +10,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
+from services.unit_of_work import UnitOfWork
 from fakes.openai_upstream import FakeOpenAI, Reply
 from models.entities import Conversation, Message
 from tests.helpers import ask, check_tree, error_of, history, ok, post
@@ -20,7 +21,7 @@ def listing(client: FlaskClient, **body: object) -> list[dict]:
 
 
 def rows(app: Flask, model: type) -> int:
-    with app.extensions["database"].unit_of_work() as uow:
+    with UnitOfWork(app.services.database) as uow:
         return uow.session.scalar(select(func.count()).select_from(model))
 
 

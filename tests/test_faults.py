@@ -46,8 +46,8 @@ def proxied_url(postgresql_url: str, proxy: TcpProxy) -> str:
 def proxied_app(proxied_url: str, fake_upstream: FakeOpenAI) -> Iterator[Flask]:
     app = create_app(make_settings(proxied_url, fake_upstream.url, db_timeout=DB_TIMEOUT, auth_cache_seconds=0))
     yield app
-    app.extensions["conversations"].close()
-    app.extensions["database"].dispose()
+    app.services.titles.close()
+    app.services.database.dispose()
 
 
 def timed(request: Any) -> tuple[Any, float]:

@@ -165,7 +165,7 @@ def test_nul_characters_are_a_400_naming_the_field(client: FlaskClient, seeded: 
 
 
 def test_arbitrary_credentials_never_cause_a_server_error_or_get_in(app: Flask, client: FlaskClient) -> None:
-    key = ApiKeys(app.extensions["database"]).create("alice").key
+    key = ApiKeys(app.services.database).create("alice").key
     credentials = st.one_of(
         st.text(alphabet=st.characters(min_codepoint=1, max_codepoint=255, exclude_characters="\r\n"), max_size=80),
         st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=60).map(lambda t: f"Bearer {t}"),

@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from werkzeug.test import TestResponse
 
 from app import create_app
+from services.unit_of_work import UnitOfWork
 from fakes.net import free_port
 from fakes.openai_upstream import Fail, FakeOpenAI, Reply
 from models.entities import Message
@@ -20,7 +21,7 @@ from tests.helpers import error_of, ok
 
 
 def new_key(app: Flask, name: str) -> str:
-    return ApiKeys(app.extensions["database"]).create(name).key
+    return ApiKeys(app.services.database).create(name).key
 
 
 def call(client: FlaskClient, route: str, body: Any, key: str | None = None, **kwargs: Any) -> TestResponse:
@@ -37,7 +38,7 @@ def assert_rate_limited(response: TestResponse, *, most: int) -> int:
 
 
 def count_messages(app: Flask) -> int:
-    with app.extensions["database"].unit_of_work() as uow:
+    with UnitOfWork(app.services.database) as uow:
         return uow.session.scalar(select(func.count()).select_from(Message))
 
 
@@ -77,7 +78,7 @@ def two_instances(database_url: str, fake_upstream: FakeOpenAI, **overrides: Any
 
 def close_all(apps: list[Flask]) -> None:
     for app in apps:
-        app.extensions["database"].dispose()
+        app.services.database.dispose()
 
 
 def test_rate_limit_in_redis_is_shared_by_instances(
@@ -108,7 +109,7 @@ def test_unreachable_redis_falls_back_to_limits_per_process(
         ok(call(client, "conversation", {}))
         assert_rate_limited(call(client, "conversation", {}), most=60)
     finally:
-        app.extensions["database"].dispose()
+        app.services.database.dispose()
 
 
 # -- answers in flight --------------------------------------------------------------------------

@@ -9,13 +9,14 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from models.entities import Conversation
+from services.unit_of_work import UnitOfWork
 from tests.helpers import ok, post
 
 
 def test_after_cursor_walks_ties_in_id_order_like_offset(app: Flask, client: FlaskClient) -> None:
     moment = datetime(2026, 1, 1, tzinfo=UTC)
     times = [moment] * 5 + [moment - timedelta(seconds=1)] * 2 + [moment + timedelta(seconds=1)]
-    with app.extensions["database"].unit_of_work() as uow:
+    with UnitOfWork(app.services.database) as uow:
         uow.session.add_all(
             Conversation(id=uuid.uuid4(), title=f"c{n}", created_at=at, updated_at=at)
             for n, at in enumerate(times)

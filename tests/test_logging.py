@@ -70,7 +70,7 @@ def test_one_line_per_request_with_its_fields(client: FlaskClient, caplog: pytes
 def test_no_prompt_answer_or_credentials_in_the_logs(
     app: Flask, client: FlaskClient, fake_upstream: FakeOpenAI, caplog: pytest.LogCaptureFixture
 ) -> None:
-    key = ApiKeys(app.extensions["database"]).create("log-reader").key
+    key = ApiKeys(app.services.database).create("log-reader").key
     caplog.set_level(logging.INFO)
     fake_upstream.script(Reply(text="SECRET-ANSWER-17"), Reply(text="SECRET-ANSWER-18"))
     auth = {"Authorization": f"Bearer {key}"}

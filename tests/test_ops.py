@@ -41,7 +41,7 @@ def app_without_database(
     settings = make_settings(url, fake_upstream.url, migrate_on_start=False)
     app = create_app(settings)
     yield app
-    app.extensions["database"].dispose()
+    app.services.database.dispose()
 
 
 def test_without_a_database_healthz_is_ok_and_readyz_is_503(app_without_database: Flask) -> None:
@@ -61,7 +61,7 @@ def stamp(db: Database, revision: str) -> None:
 
 
 def test_readyz_is_503_while_migrations_are_pending(app: Flask, client: FlaskClient) -> None:
-    db: Database = app.extensions["database"]
+    db: Database = app.services.database
     head = ScriptDirectory.from_config(_alembic_config()).get_revision("head")
     stamp(db, head.down_revision)
     try:

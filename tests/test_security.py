@@ -17,7 +17,9 @@ from sqlalchemy import func, select
 from werkzeug.test import TestResponse
 
 from api.auth import is_loopback, refusal
-from app import cli, create_app
+from app import create_app
+from cli import cli
+from services.unit_of_work import UnitOfWork
 from fakes.net import free_port
 from fakes.openai_upstream import FakeOpenAI
 from models.entities import ApiKey, Conversation, Message
@@ -33,7 +35,7 @@ def settings_overrides() -> dict[str, object]:
 
 
 def new_key(app: Flask, name: str) -> str:
-    return ApiKeys(app.extensions["database"]).create(name).key
+    return ApiKeys(app.services.database).create(name).key
 
 
 def call(client: FlaskClient, route: str, body: Any = None, key: str | None = None) -> TestResponse:
@@ -47,7 +49,7 @@ def ask_as(client: FlaskClient, key: str, prompt: str = "Hello", **fields: Any) 
 
 def snapshot(app: Flask) -> list[tuple[Any, ...]]:
     """Everything stored about conversations, to prove a request changed nothing."""
-    with app.extensions["database"].unit_of_work() as uow:
+    with UnitOfWork(app.services.database) as uow:
         conversations = uow.session.execute(
             select(Conversation.id, Conversation.owner, Conversation.title, Conversation.current_node_id)
             .order_by(Conversation.id)
@@ -70,7 +72,7 @@ def test_create_prints_the_key_once_and_stores_only_its_hash(app: Flask, databas
     key = created.stdout.strip()
     assert key.startswith("gpa_") and len(key) >= 40
     assert "not shown again" in created.stderr
-    with app.extensions["database"].unit_of_work() as uow:
+    with UnitOfWork(app.services.database) as uow:
         [row] = uow.session.execute(select(ApiKey.__table__)).all()
     assert row.name == "alice"
     assert row.key_hash == hashlib.sha256(key.encode()).hexdigest()
@@ -206,11 +208,11 @@ def test_a_key_made_by_another_process_counts_within_the_cache_time(
         assert ok(post(client, "conversation", {})) == []  # no key: open, and now cached
         key = run_cli(database_url, "keys", "create", "alice").stdout.strip()
         assert ok(post(client, "conversation", {})) == []  # within the cache time: still open
-        app.extensions["api_keys"]._expires = 0  # the cache time has passed
+        app.services.keys._expires = 0  # the cache time has passed
         error_of(post(client, "conversation", {}), 401)
         assert ok(call(client, "conversation", {}, key)) == []
     finally:
-        app.extensions["database"].dispose()
+        app.services.database.dispose()
 
 
 # -- never open to the network by accident ----------------------------------------------------
@@ -227,26 +229,26 @@ def test_without_keys_a_non_loopback_server_refuses_every_request(
 ) -> None:
     app = create_app(make_settings(database_url, fake_upstream.url, host="0.0.0.0", auth_cache_seconds=0))
     try:
-        assert "ALLOW_UNAUTHENTICATED" in (refusal(app.config["SETTINGS"], app.extensions["api_keys"]) or "")
+        assert "ALLOW_UNAUTHENTICATED" in (refusal(app.services.settings, app.services.keys) or "")
         error = error_of(app.test_client().post("/api/chat/conversation", json={}), 401)
         assert "keys create" in error["message"]
         key = new_key(app, "alice")
-        assert refusal(app.config["SETTINGS"], app.extensions["api_keys"]) is None
+        assert refusal(app.services.settings, app.services.keys) is None
         assert ok(call(app.test_client(), "conversation", {}, key)) == []
-        ApiKeys(app.extensions["database"]).revoke("alice")  # the last key: still closed, not open
+        ApiKeys(app.services.database).revoke("alice")  # the last key: still closed, not open
         error_of(app.test_client().post("/api/chat/conversation", json={}), 401)
     finally:
-        app.extensions["database"].dispose()
+        app.services.database.dispose()
 
 
 def test_allow_unauthenticated_opens_a_non_loopback_server(database_url: str, fake_upstream: FakeOpenAI) -> None:
     settings = make_settings(database_url, fake_upstream.url, host="0.0.0.0", allow_unauthenticated=True)
     app = create_app(settings)
     try:
-        assert refusal(settings, app.extensions["api_keys"]) is None
+        assert refusal(settings, app.services.keys) is None
         assert ok(post(app.test_client(), "conversation", {})) == []
     finally:
-        app.extensions["database"].dispose()
+        app.services.database.dispose()
 
 
 def test_serve_refuses_a_non_loopback_host_without_keys_and_says_why(database_url: str) -> None:
@@ -360,5 +362,5 @@ def test_with_keys_clear_deletes_only_the_callers_chatgpt_conversations_upstream
             assert ok(call(client, "msg/history", {"convo_id": kept["id"]}, alice))["title"]
             assert ok(call(client, "conversation", {}, bob)) == []
         finally:
-            app.extensions["conversations"].close()
-            app.extensions["database"].dispose()
+            app.services.titles.close()
+            app.services.database.dispose()

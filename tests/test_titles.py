@@ -58,6 +58,6 @@ def test_failed_title_call_leaves_new_chat(client: FlaskClient, fake_upstream: F
 
 def test_titles_can_be_switched_off(client: FlaskClient, fake_upstream: FakeOpenAI) -> None:
     conversation = ask(client, "one")["conversation_id"]
-    client.application.extensions["conversations"].close()  # let any background work finish
+    client.application.services.titles.close()  # let any background work finish
     assert len(fake_upstream.requests) == 1
     assert title_of(client, conversation) == "New chat"

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from services.unit_of_work import UnitOfWork
 from fakes.openai_upstream import FakeOpenAI, Reply
 from flask import Flask
 from flask.testing import FlaskClient
@@ -19,7 +20,7 @@ from tests.server_process import PROJECT_ROOT
 
 
 def stored_usage(app: Flask, message_id: str) -> tuple[int | None, int | None]:
-    with app.extensions["database"].unit_of_work() as uow:
+    with UnitOfWork(app.services.database) as uow:
         message = uow.session.get_one(Message, uuid.UUID(message_id))
         return message.prompt_tokens, message.completion_tokens
 

@@ -1,0 +1,146 @@
+"""Every query on conversations and messages, in one place.
+
+A `ConversationRepository` works inside one unit of work (its session). Writes on the
+answer path are single Core statements (no ORM unit-of-work flush); reads that hand rows
+to serializers return rows, not entities, so long conversations skip the identity map.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, Select, delete, insert, literal, select, tuple_, update
+from sqlalchemy.orm import Session
+
+from models.entities import DEFAULT_TITLE, Conversation, Message
+
+MESSAGE_COLUMNS = tuple(Message.__table__.columns)
+SUMMARY_COLUMNS = (Conversation.id, Conversation.title, Conversation.created_at, Conversation.updated_at)
+
+
+def _path_query(conversation_id: uuid.UUID, message_id: uuid.UUID) -> Select[Any]:
+    """Messages from the root down to `message_id`, in one recursive query."""
+    walk = (
+        select(Message.id, Message.parent_id, literal(0).label("depth"))
+        .where(Message.id == message_id, Message.conversation_id == conversation_id)
+        .cte("walk", recursive=True)
+    )
+    walk = walk.union_all(
+        select(Message.id, Message.parent_id, walk.c.depth + 1).where(Message.id == walk.c.parent_id)
+    )
+    return select(*MESSAGE_COLUMNS).join(walk, Message.id == walk.c.id).order_by(walk.c.depth.desc())
+
+
+class ConversationRepository:
+    """Queries on the conversations and messages tables, bound to one session."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    # -- conversations -------------------------------------------------------
+
+    def owned(self, owner: str, conversation_id: uuid.UUID) -> Conversation | None:
+        """The conversation if it exists and belongs to `owner`."""
+        conversation = self.session.get(Conversation, conversation_id)
+        return conversation if conversation is not None and conversation.owner == owner else None
+
+    def page(
+        self, owner: str, *, limit: int, offset: int = 0, after: Conversation | None = None
+    ) -> Sequence[Row[Any]]:
+        """Summaries, newest activity first; `after` continues past that conversation.
+
+        A row-value comparison, which the (owner, updated_at, id) index answers directly;
+        the same condition spelled with OR makes PostgreSQL scan every row before the cursor.
+        """
+        query = (
+            select(*SUMMARY_COLUMNS)
+            .where(Conversation.owner == owner)
+            .order_by(Conversation.updated_at.desc(), Conversation.id.desc())
+            .offset(offset)
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.where(
+                tuple_(Conversation.updated_at, Conversation.id) < tuple_(after.updated_at, after.id)
+            )
+        return self.session.execute(query).all()
+
+    def add_conversation(self, *, nodes: Sequence[dict[str, Any]], **values: Any) -> None:
+        """A new conversation and its first nodes (parents before children, same keys each)."""
+        self.session.execute(insert(Conversation).values(values))
+        shared = {"conversation_id": values["id"], "created_at": values["created_at"]}
+        self.session.execute(insert(Message), [{**node, **shared} for node in nodes])
+
+    def claim(self, owner: str, conversation_id: uuid.UUID, now: datetime) -> Row[Any] | None:
+        """Mark new activity on the owner's conversation and read what asking needs, or None.
+
+        An update first: it locks the row, so a delete racing the caller either came
+        before (None) or waits for the caller's commit.
+        """
+        return self.session.execute(
+            update(Conversation)
+            .where(Conversation.id == conversation_id, Conversation.owner == owner)
+            .values(updated_at=now)
+            .returning(Conversation.current_node_id, Conversation.title, Conversation.upstream_id)
+        ).first()
+
+    def touch(self, conversation_id: uuid.UUID, **values: Any) -> bool:
+        """Set columns of a conversation (its `updated_at`, current node, ...); False if it is gone."""
+        moved = self.session.execute(
+            update(Conversation).where(Conversation.id == conversation_id).values(values)
+        )
+        return bool(moved.rowcount)  # type: ignore[attr-defined]
+
+    def rename(self, owner: str, conversation_id: uuid.UUID, title: str) -> bool:
+        renamed = self.session.execute(
+            update(Conversation)
+            .where(Conversation.id == conversation_id, Conversation.owner == owner)
+            .values(title=title)
+        )
+        return bool(renamed.rowcount)  # type: ignore[attr-defined]
+
+    def name_if_untitled(self, conversation_id: uuid.UUID, title: str) -> None:
+        """Give a generated title, unless the conversation was renamed meanwhile."""
+        self.session.execute(
+            update(Conversation)
+            .where(Conversation.id == conversation_id, Conversation.title == DEFAULT_TITLE)
+            .values(title=title)
+        )
+
+    def delete(self, owner: str, conversation_id: uuid.UUID) -> bool:
+        deleted = self.session.execute(
+            delete(Conversation).where(Conversation.id == conversation_id, Conversation.owner == owner)
+        )
+        return bool(deleted.rowcount)  # type: ignore[attr-defined]
+
+    def delete_all(self, owner: str) -> None:
+        self.session.execute(delete(Conversation).where(Conversation.owner == owner))
+
+    def mirrored_ids(self, owner: str) -> Sequence[uuid.UUID]:
+        """The owner's conversations that an upstream keeps a copy of."""
+        return self.session.scalars(
+            select(Conversation.id).where(Conversation.owner == owner, Conversation.upstream_id.is_not(None))
+        ).all()
+
+    # -- messages ------------------------------------------------------------
+
+    def path(self, conversation_id: uuid.UUID, message_id: uuid.UUID) -> Sequence[Row[Any]]:
+        """The messages from the root to `message_id`; empty if it is not in the conversation."""
+        return self.session.execute(_path_query(conversation_id, message_id)).all()
+
+    def messages(self, conversation_id: uuid.UUID) -> Sequence[Row[Any]]:
+        """A conversation's messages in creation order (the root first among equals)."""
+        return self.session.execute(
+            select(*MESSAGE_COLUMNS)
+            .where(Message.conversation_id == conversation_id)
+            .order_by(Message.created_at, Message.parent_id.is_not(None))
+        ).all()
+
+    def add_message(self, **values: Any) -> None:
+        self.session.execute(insert(Message).values(values))
+
+    def update_message(self, message_id: uuid.UUID, **values: Any) -> None:
+        self.session.execute(update(Message).where(Message.id == message_id).values(values))

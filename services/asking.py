@@ -1,0 +1,331 @@
+"""Asking: store the question, stream the upstream's answer, store the answer.
+
+Every database step is its own short unit of work: the user's message is committed
+before the upstream is called, the answer in another unit of work after it, and no
+session is held while the upstream talks.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from models.db import Database
+from models.entities import DEFAULT_TITLE, utcnow
+from models.repository import ConversationRepository
+from services import tokens
+from services.errors import (
+    ConversationNotFound,
+    InvalidRequest,
+    ParentNotFound,
+    UpstreamError,
+    UpstreamNotConfigured,
+)
+from services.metrics import Metrics
+from services.providers.base import ChatMessage, Provider, ReplyChunk, ReplyRequest
+from services.titles import TitleWriter
+from services.unit_of_work import UnitOfWork
+
+FINISHED = "finished_successfully"
+IN_PROGRESS = "in_progress"
+INTERRUPTED = "finished_partial_completion"
+
+
+@dataclass(frozen=True)
+class Question:
+    """A validated `ask`."""
+
+    prompt: str
+    conversation_id: uuid.UUID | None = None
+    parent_id: uuid.UUID | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class Turn:
+    """A stored user message, ready to be answered."""
+
+    conversation_id: uuid.UUID
+    user_message_id: uuid.UUID
+    request: ReplyRequest
+    wants_title: bool
+
+
+@dataclass
+class Answer:
+    """An assistant answer, complete or so far."""
+
+    conversation_id: uuid.UUID
+    message_id: uuid.UUID
+    model: str
+    text: str = ""
+    finish_details: str | None = None
+    upstream_conversation_id: str | None = None
+    upstream_message_id: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    upstream_seconds: float = 0.0
+    """Time spent waiting on the upstream so far (for the Server-Timing header)."""
+    stored: bool = field(default=False, repr=False)
+
+    @property
+    def end_turn(self) -> bool:
+        return self.finish_details == "stop"
+
+    def add(self, chunk: ReplyChunk) -> None:
+        self.text += chunk.delta
+        self.model = chunk.model or self.model
+        self.finish_details = chunk.finish_reason or self.finish_details
+        self.upstream_conversation_id = chunk.upstream_conversation_id or self.upstream_conversation_id
+        self.upstream_message_id = chunk.upstream_message_id or self.upstream_message_id
+        if chunk.prompt_tokens is not None:
+            self.prompt_tokens = chunk.prompt_tokens
+        if chunk.completion_tokens is not None:
+            self.completion_tokens = chunk.completion_tokens
+
+
+@dataclass(frozen=True)
+class AnswerEvent:
+    """One step of a streamed answer: the answer so far and the text just added."""
+
+    answer: Answer
+    delta: str
+
+
+def _storable(chunk: ReplyChunk) -> ReplyChunk:
+    """PostgreSQL cannot keep NUL in text: an upstream that sends one gets U+FFFD instead."""
+    if "\x00" not in chunk.delta:
+        return chunk
+    return replace(chunk, delta=chunk.delta.replace("\x00", "\ufffd"))
+
+
+def _context(path: Sequence[Any]) -> list[ChatMessage]:
+    """What the upstream sees: the dialogue's messages with text, root and empty nodes left out.
+
+    Imported tool messages, tool calls and other non-dialogue content have no text here.
+    """
+    return [
+        ChatMessage(role=m.role, content=m.content, upstream_id=m.upstream_id)
+        for m in path
+        if m.role in ("system", "user", "assistant") and m.content
+    ]
+
+
+@dataclass(frozen=True)
+class _Node:
+    """A message of the path that is not read back from the database (just written)."""
+
+    id: uuid.UUID
+    role: str | None
+    content: str
+    upstream_id: str | None = None
+
+
+class AskService:
+    """Answers questions, in whole or as a stream of events."""
+
+    def __init__(
+        self,
+        db: Database,
+        provider: Provider | None,
+        *,
+        metrics: Metrics,
+        titles: TitleWriter,
+        unconfigured_reason: str = "",
+        system_prompt: str = "",
+        max_prompt_chars: int | None = None,
+    ) -> None:
+        self._db = db
+        self._provider = provider
+        self._metrics = metrics
+        self._titles = titles
+        self._unconfigured_reason = unconfigured_reason
+        self._system_prompt = system_prompt
+        self._max_prompt_chars = max_prompt_chars
+
+    def ask(self, owner: str, question: Question) -> Answer:
+        """Store the question, wait for the whole answer, store it, and return it."""
+        answer = None
+        for event in self.ask_stream(owner, question, write_early=False):
+            answer = event.answer
+        assert answer is not None  # ask_stream always ends with a final event
+        return answer
+
+    def ask_stream(self, owner: str, question: Question, *, write_early: bool = True) -> Iterator[AnswerEvent]:
+        """Store the question now; the returned iterator answers it.
+
+        With `write_early` the answer's row is written as soon as the first text
+        arrives (marked in progress) and finished at the end. Closing the iterator
+        early cancels the upstream call and keeps the text so far, marked unfinished.
+        """
+        if self._max_prompt_chars is not None and len(question.prompt) > self._max_prompt_chars:
+            raise InvalidRequest(
+                f"prompt: at most {self._max_prompt_chars} characters (MAX_PROMPT_CHARS); "
+                f"this one has {len(question.prompt)}."
+            )
+        provider = self._require_provider()
+        turn = self._store_question(owner, question, provider)
+        return self._answer(turn, provider, write_early=write_early)
+
+    def _require_provider(self) -> Provider:
+        if self._provider is None:
+            raise UpstreamNotConfigured(self._unconfigured_reason)
+        return self._provider
+
+    # -- the question --------------------------------------------------------
+
+    def _store_question(self, owner: str, question: Question, provider: Provider) -> Turn:
+        now = utcnow()
+        user_id = uuid.uuid4()
+        with UnitOfWork(self._db) as uow:
+            repo = uow.conversations
+            if question.conversation_id is None:
+                conversation_id, path = self._new_conversation(repo, owner, now)
+                title, upstream_id = DEFAULT_TITLE, None
+            else:
+                found = repo.claim(owner, question.conversation_id, now)
+                if found is None:
+                    raise ConversationNotFound(f"Conversation {question.conversation_id} does not exist.")
+                conversation_id = question.conversation_id
+                parent_id = question.parent_id or found.current_node_id
+                path = list(repo.path(conversation_id, parent_id)) if parent_id else []
+                if not path:
+                    raise ParentNotFound(f"Message {parent_id} is not part of conversation {conversation_id}.")
+                title, upstream_id = found.title, found.upstream_id
+            repo.add_message(
+                id=user_id,
+                conversation_id=conversation_id,
+                parent_id=path[-1].id,
+                role="user",
+                content=question.prompt,
+                status=FINISHED,
+                created_at=now,
+            )
+            uow.commit()
+        path.append(_Node(user_id, "user", question.prompt))
+        request = ReplyRequest(
+            messages=_context(path),
+            model=question.model or provider.default_model,
+            user_message_id=str(user_id),
+            upstream_conversation_id=upstream_id,
+            upstream_parent_id=path[-2].upstream_id,
+        )
+        wants_title = (
+            self._titles.enabled and title == DEFAULT_TITLE and not any(m.role == "assistant" for m in path)
+        )
+        return Turn(conversation_id, user_id, request, wants_title)
+
+    def _new_conversation(
+        self, repo: ConversationRepository, owner: str, now: datetime
+    ) -> tuple[uuid.UUID, list[Any]]:
+        """A conversation with its root node and system node, as ChatGPT makes them."""
+        conversation_id, root, system = uuid.uuid4(), _Node(uuid.uuid4(), None, ""), _Node(
+            uuid.uuid4(), "system", self._system_prompt
+        )
+        repo.add_conversation(
+            id=conversation_id,
+            owner=owner,
+            title=DEFAULT_TITLE,
+            created_at=now,
+            updated_at=now,
+            current_node_id=system.id,
+            nodes=[
+                {"id": root.id, "parent_id": None, "role": None, "content": "", "end_turn": None},
+                {"id": system.id, "parent_id": root.id, "role": "system", "content": system.content, "end_turn": True},
+            ],
+        )
+        return conversation_id, [root, system]
+
+    # -- the answer ----------------------------------------------------------
+
+    def _answer(self, turn: Turn, provider: Provider, *, write_early: bool) -> Iterator[AnswerEvent]:
+        answer = Answer(turn.conversation_id, uuid.uuid4(), turn.request.model)
+        chunks = provider.stream_reply(turn.request)
+        finished = False
+        try:
+            waited_since = time.perf_counter()
+            for chunk in map(_storable, chunks):
+                answer.upstream_seconds += time.perf_counter() - waited_since
+                if chunk.delta and not answer.text:
+                    first_token = self._metrics.upstream_first_token_seconds
+                    first_token.labels(provider.name).observe(answer.upstream_seconds)
+                answer.add(chunk)
+                if write_early and not answer.stored and answer.text:
+                    self._save_answer(turn, answer, IN_PROGRESS)
+                if chunk.delta:
+                    yield AnswerEvent(replace(answer), chunk.delta)
+                waited_since = time.perf_counter()
+            finished = answer.finish_details is not None
+        except UpstreamError as error:
+            error.details["conversation_id"] = str(turn.conversation_id)
+            self._metrics.upstream_errors.labels(provider.name, error.code).inc()
+            raise
+        finally:
+            chunks.close()
+            self._metrics.upstream_seconds.labels(provider.name).observe(answer.upstream_seconds)
+            if not finished and answer.text:
+                answer.finish_details = "interrupted"
+            if answer.stored or answer.text or finished:
+                self._estimate_usage(turn, answer)
+                self._save_answer(turn, answer, FINISHED if finished else INTERRUPTED)
+                self._metrics.observe_tokens(provider.name, answer.prompt_tokens, answer.completion_tokens)
+        if not finished:
+            unfinished = UpstreamError(
+                "The upstream ended the answer without finishing it.",
+                conversation_id=str(turn.conversation_id),
+            )
+            self._metrics.upstream_errors.labels(provider.name, unfinished.code).inc()
+            raise unfinished
+        yield AnswerEvent(replace(answer), "")
+        if turn.wants_title:
+            self._titles.submit(turn.conversation_id, replace(
+                turn.request, upstream_conversation_id=answer.upstream_conversation_id
+            ), answer.text)
+
+    @staticmethod
+    def _estimate_usage(turn: Turn, answer: Answer) -> None:
+        """Count with a tokenizer what the upstream did not report."""
+        if answer.prompt_tokens is None:
+            answer.prompt_tokens = tokens.count_prompt(turn.request.messages)
+        if answer.completion_tokens is None:
+            answer.completion_tokens = tokens.count_text(answer.text)
+
+    def _save_answer(self, turn: Turn, answer: Answer, status: str) -> None:
+        """Insert or finish the answer's row and move the conversation's current node to it."""
+        now = utcnow()
+        with UnitOfWork(self._db) as uow:
+            repo = uow.conversations
+            moved: dict[str, Any] = {"current_node_id": answer.message_id, "updated_at": now}
+            if answer.upstream_conversation_id:
+                moved["upstream_id"] = answer.upstream_conversation_id
+            if not repo.touch(turn.conversation_id, **moved):
+                return  # deleted while the upstream was answering: nothing to keep
+            fields = {
+                "content": answer.text,
+                "status": status,
+                "end_turn": answer.end_turn if status != IN_PROGRESS else None,
+                "model": answer.model,
+                "finish_details": answer.finish_details,
+                "upstream_id": answer.upstream_message_id,
+                "prompt_tokens": answer.prompt_tokens,
+                "completion_tokens": answer.completion_tokens,
+            }
+            if answer.upstream_message_id:  # the upstream keeps messages under our ids
+                repo.update_message(turn.user_message_id, upstream_id=turn.request.user_message_id)
+            if answer.stored:
+                repo.update_message(answer.message_id, **fields)
+            else:
+                repo.add_message(
+                    id=answer.message_id,
+                    conversation_id=turn.conversation_id,
+                    parent_id=turn.user_message_id,
+                    role="assistant",
+                    created_at=now,
+                    **fields,
+                )
+            uow.commit()
+        answer.stored = True

@@ -1,0 +1,73 @@
+"""The service's parts, built once from the settings and handed to the app."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from config import Settings
+from models.db import Database
+from services.api_keys import KeyRing
+from services.asking import AskService
+from services.conversations import ConversationService
+from services.errors import UpstreamNotConfigured
+from services.metrics import Metrics
+from services.providers import build_provider
+from services.stream_slots import StreamSlots, build_slots
+from services.titles import TitleWriter
+
+log = logging.getLogger("gpt_api")
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    database: Database
+    metrics: Metrics
+    keys: KeyRing
+    asking: AskService
+    conversations: ConversationService
+    titles: TitleWriter
+    slots: StreamSlots
+
+    def close(self) -> None:
+        """Let background work finish, then close the database's connections."""
+        self.titles.close()
+        self.database.dispose()
+
+
+def build_services(settings: Settings) -> Services:
+    """Database (migrated unless MIGRATE_ON_START=false), upstream provider, services."""
+    database = Database(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        timeout=settings.db_timeout,
+    )
+    if settings.migrate_on_start:
+        database.migrate()
+    try:
+        provider, reason = build_provider(settings), ""
+    except UpstreamNotConfigured as error:
+        provider, reason = None, error.message
+        log.warning("%s 'ask' answers 503 until then.", reason)
+    metrics = Metrics()
+    titles = TitleWriter(database, provider, enabled=settings.generate_titles)
+    return Services(
+        settings=settings,
+        database=database,
+        metrics=metrics,
+        keys=KeyRing(database, settings.auth_cache_seconds),
+        asking=AskService(
+            database,
+            provider,
+            metrics=metrics,
+            titles=titles,
+            unconfigured_reason=reason,
+            system_prompt=settings.system_prompt,
+            max_prompt_chars=settings.max_prompt_chars,
+        ),
+        conversations=ConversationService(database, provider),
+        titles=titles,
+        slots=build_slots(settings.max_streams_per_key, settings.redis_url, settings.redis_key_prefix),
+    )

@@ -1,0 +1,66 @@
+"""Units of work: one session, one transaction, and the one place where database failures
+become the domain's `DatabaseUnavailable`."""
+
+from __future__ import annotations
+
+import logging
+from types import TracebackType
+
+from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from models.db import Database
+from models.repository import ConversationRepository
+from services.errors import DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+
+UNREACHABLE = "The database is unreachable; try again shortly."
+
+
+def unavailable(error: BaseException) -> DatabaseUnavailable | None:
+    """The domain meaning of a database failure that is no fault of the request, or None.
+
+    A lost or refused connection, an exhausted pool, a server that stopped answering:
+    the request may succeed later. Anything else (a constraint, a bug) is not this.
+    """
+    if isinstance(error, (DisconnectionError, PoolTimeout)):
+        return DatabaseUnavailable(UNREACHABLE)
+    if isinstance(error, DBAPIError) and (
+        error.connection_invalidated or type(error).__name__ in ("OperationalError", "InterfaceError")
+    ):
+        return DatabaseUnavailable(UNREACHABLE)
+    return None
+
+
+class UnitOfWork:
+    """One session and its transaction: rolled back on exit unless `commit()` was called."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def __enter__(self) -> UnitOfWork:
+        self.session = self._db.sessions()
+        self.conversations = ConversationRepository(self.session)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.session.rollback()
+            self.session.close()
+        except SQLAlchemyError as error:  # the connection died with the transaction
+            if exc is None:
+                raise unavailable(error) or error from error
+        if exc is not None:
+            domain = unavailable(exc)
+            if domain is not None:
+                log.warning("database unavailable: %s", str(exc).splitlines()[0])
+                raise domain from exc
+
+    def commit(self) -> None:
+        self.session.commit()
