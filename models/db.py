@@ -9,7 +9,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -100,11 +100,11 @@ class Database:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
 
-    def schema_is_current(self) -> bool:
-        """True when the database is at the newest migration."""
+    @staticmethod
+    def schema_is_current(connection: Connection) -> bool:
+        """True when the database behind `connection` is at the newest migration."""
         head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
-        with self.engine.connect() as connection:
-            return MigrationContext.configure(connection).get_current_revision() == head
+        return MigrationContext.configure(connection).get_current_revision() == head
 
     def dispose(self) -> None:
         self.engine.dispose()
