@@ -17,11 +17,12 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from app import create_app
 from config import Settings
+from models.db import Database
 from fakes.openai_upstream import FakeOpenAI
 
 POSTGRES_URL = os.environ.get(
@@ -38,7 +39,7 @@ def _postgres_unavailable(reason: str) -> None:
 
 @pytest.fixture(scope="session")
 def postgresql_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test run."""
+    """A fresh PostgreSQL database for this test run, migrated once."""
     admin_url = make_url(POSTGRES_URL)
     name = f"gpt_api_test_{uuid.uuid4().hex[:10]}"
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
@@ -48,7 +49,9 @@ def postgresql_url() -> Iterator[str]:
     except Exception as error:  # noqa: BLE001 - any failure to reach the server
         admin.dispose()
         _postgres_unavailable(str(error).splitlines()[0])
-    yield admin_url.set(database=name).render_as_string(hide_password=False)
+    url = admin_url.set(database=name).render_as_string(hide_password=False)
+    _migrate(url)
+    yield url
     with admin.connect() as connection:
         connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
@@ -56,19 +59,38 @@ def postgresql_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'gpt-api.sqlite3'}"
+    """A SQLite file for this test run, migrated once."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'gpt-api.sqlite3'}"
+    _migrate(url)
+    return url
+
+
+def _migrate(url: str) -> None:
+    database = Database(url)
+    database.migrate()
+    database.dispose()
+
+
+@pytest.fixture(scope="session")
+def cleaners() -> Iterator[dict[str, Engine]]:
+    """One engine per database URL, kept for the run, that empties the tables between tests."""
+    engines: dict[str, Engine] = {}
+    yield engines
+    for engine in engines.values():
+        engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest) -> str:
-    """The URL of an empty database of each kind (tables emptied before the test)."""
+def database_url(request: pytest.FixtureRequest, cleaners: dict[str, Engine]) -> str:
+    """The URL of a migrated database of each kind, its tables emptied before the test.
+
+    A test that migrates it further or drops tables must use a database of its own.
+    """
     url = request.getfixturevalue(f"{request.param}_url")
-    engine = create_engine(url)
+    engine = cleaners.get(url) or cleaners.setdefault(url, create_engine(url))
     with engine.begin() as connection:
         for table in ("messages", "conversations", "api_keys"):
-            if engine.dialect.has_table(connection, table):
-                connection.execute(text(f"DELETE FROM {table}"))
-    engine.dispose()
+            connection.execute(text(f"DELETE FROM {table}"))
     return url
 
 
@@ -122,6 +144,7 @@ def make_settings(database_url: str, upstream_url: str | None, **overrides: obje
         "upstream_read_timeout": 5.0,
         "generate_titles": False,
         "system_prompt": "",
+        "migrate_on_start": False,  # the session's databases are migrated once
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
@@ -139,8 +162,7 @@ def app(
 ) -> Iterator[Flask]:
     app = create_app(make_settings(database_url, fake_upstream.url, **settings_overrides))
     yield app
-    app.services.titles.close()
-    app.services.database.dispose()
+    app.services.close()
 
 
 @pytest.fixture

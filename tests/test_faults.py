@@ -123,6 +123,7 @@ def test_database_lost_while_an_answer_streams_ends_it_with_an_error_event(
     assert "a b c d".startswith(answer["content"]["parts"][0]) and answer["content"]["parts"][0]
 
 
+@pytest.mark.e2e
 def test_real_server_under_gevent_gives_503s_and_recovers(
     proxied_url: str, proxy: TcpProxy, fake_upstream: FakeOpenAI
 ) -> None:
@@ -221,6 +222,7 @@ def test_two_asks_at_once_on_one_conversation_are_stored_as_siblings(
 # -- SIGTERM while answers are in flight -------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_sigterm_lets_in_flight_answers_finish_and_leaves_no_broken_rows(
     database_url: str, fake_upstream: FakeOpenAI
 ) -> None:

@@ -20,6 +20,8 @@ from tests.conftest import UPSTREAM_KEY
 from tests.helpers import check_tree, wait_until
 from tests.server_process import PROJECT_ROOT, ServerProcess
 
+pytestmark = pytest.mark.e2e  # the real server process
+
 RATE_LIMIT = 6
 
 

@@ -86,6 +86,7 @@ def test_no_prompt_answer_or_credentials_in_the_logs(
         assert secret not in logged
 
 
+@pytest.mark.e2e
 def test_json_log_lines_from_the_real_server(database_url: str, fake_upstream: FakeOpenAI) -> None:
     env = {
         "DATABASE_URL": database_url,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import pytest
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -88,6 +89,7 @@ def test_open_streams_gauge_follows_each_stream_until_it_closes(
     assert value(scrape(client), "gpt_api_open_streams") == 0
 
 
+@pytest.mark.e2e
 def test_workers_share_their_metrics(tmp_path: Path, database_url: str, fake_upstream: FakeOpenAI) -> None:
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()

@@ -12,6 +12,8 @@ from fakes.openai_upstream import FakeOpenAI, Reply
 from tests.conftest import UPSTREAM_KEY
 from tests.server_process import PROJECT_ROOT, ServerProcess
 
+pytestmark = pytest.mark.e2e  # the real server process
+
 
 def server_env(database_url: str, fake_upstream: FakeOpenAI) -> dict[str, str]:
     return {
@@ -78,8 +80,10 @@ def test_serves_without_any_database_configured(tmp_path: Path, fake_upstream: F
 
 
 WAITRESS = """
-from app import create_app, serve_with_waitress
+from app import create_app
+from serving import serve_with_waitress
 from config import Settings
+
 settings = Settings()
 serve_with_waitress(create_app(settings), settings)
 """
