@@ -20,7 +20,8 @@ from services.errors import Unauthenticated
 
 
 def is_api_request() -> bool:
-    return request.path == "/api" or request.path.startswith("/api/")
+    """The routes that need a caller: the six under /api and OpenAI's surface under /v1."""
+    return request.path.startswith(("/api/", "/v1/")) or request.path in ("/api", "/v1")
 
 
 def is_loopback(host: str) -> bool:

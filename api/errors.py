@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, has_request_context, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -44,12 +44,32 @@ HTTP_CODES = {
 }
 
 
+OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
+
+
+def is_openai_surface() -> bool:
+    """Requests under /v1 get OpenAI's error shape, so its SDKs raise their matching exception."""
+    return has_request_context() and (request.path == "/v1" or request.path.startswith("/v1/"))
+
+
 def error_body(code: str, message: str, **details: Any) -> dict[str, Any]:
+    """The /api envelope; `param` is for OpenAI's shape only (the message names the field)."""
+    details.pop("param", None)
     return {"error": {"code": code, "message": message, **details}}
 
 
+def openai_error_body(status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    """`{"error": {"message", "type", "param", "code"}}`, as OpenAI's API answers."""
+    kind = OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
 def error_response(status: int, code: str, message: str, **details: Any) -> Response:
-    response = jsonify(error_body(code, message, **details))
+    if is_openai_surface():
+        body = openai_error_body(status, code, message, details.get("param"))
+    else:
+        body = error_body(code, message, **details)
+    response = jsonify(body)
     response.status_code = status
     return response
 
@@ -66,6 +86,14 @@ def service_error_response(error: ServiceError) -> Response:
     if isinstance(error, RateLimited):
         response.headers["Retry-After"] = str(error.details["retry_after"])
     return response
+
+
+def first_field(error: ValidationError) -> str | None:
+    """The dotted name of the first field a validation error is about (None for the whole body)."""
+    for item in error.errors(include_url=False):
+        if item["loc"]:
+            return ".".join(str(part) for part in item["loc"])
+    return None
 
 
 def validation_message(error: ValidationError) -> str:
@@ -88,13 +116,13 @@ def as_service_error(error: Exception) -> ServiceError | None:
     if isinstance(error, ServiceError):
         return error
     if isinstance(error, ValidationError):
-        return InvalidRequest(validation_message(error))
+        return InvalidRequest(validation_message(error), param=first_field(error))
     return None
 
 
 def invalid_body(error: ValidationError) -> Response:
-    """flask-openapi3's hook for a body that fails its model: the 400 naming the field."""
-    raise InvalidRequest(validation_message(error))
+    """flask-openapi3's hook for a body or query that fails its model: the 400 naming the field."""
+    raise InvalidRequest(validation_message(error), param=first_field(error))
 
 
 def register_error_handlers(app: Flask) -> None:
