@@ -1,6 +1,9 @@
-"""Settings, read from the environment (and `.env`, loaded by `app.py` before this runs).
+"""Settings, read from the environment and from the project root's `.env`.
 
-Every name is documented in the README's configuration table.
+`Settings()` reads `.env` itself (pydantic-settings, through python-dotenv), so the
+command line, `gunicorn 'app:create_app()'` and any other way of starting behave the
+same; a variable set in the environment wins over `.env`. Every name is documented in
+the README's configuration table.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 INSTANCE_DIR = PROJECT_ROOT / "instance"
+ENV_FILE = PROJECT_ROOT / ".env"
 
 
 def default_database_url() -> str:
@@ -25,8 +29,12 @@ def default_database_url() -> str:
 class Settings(BaseSettings):
     """Typed settings; field names are the environment variable names, upper-cased."""
 
-    # An empty variable (`OPENAI_BASE_URL=` in .env) means "use the default".
-    model_config = SettingsConfigDict(env_file=None, env_ignore_empty=True, extra="ignore", frozen=True)
+    # An empty variable (`OPENAI_BASE_URL=` in .env) means "use the default". `.env` is
+    # found by its absolute path, whatever the working directory; a test may pass another
+    # as `Settings(_env_file=...)`.
+    model_config = SettingsConfigDict(
+        env_file=ENV_FILE, env_file_encoding="utf-8", env_ignore_empty=True, extra="ignore", frozen=True
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(default=5000, ge=0, le=65535)
