@@ -8,11 +8,26 @@ to serializers return rows, not entities, so long conversations skip the identit
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, Select, delete, insert, literal, select, tuple_, update
+from sqlalchemy import (
+    Row,
+    Select,
+    Text,
+    bindparam,
+    case,
+    cast,
+    delete,
+    insert,
+    literal,
+    null,
+    select,
+    tuple_,
+    type_coerce,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from models.entities import DEFAULT_TITLE, Conversation, Message
@@ -144,3 +159,66 @@ class ConversationRepository:
 
     def update_message(self, message_id: uuid.UUID, **values: Any) -> None:
         self.session.execute(update(Message).where(Message.id == message_id).values(values))
+
+    # -- import / export -----------------------------------------------------
+
+    def exists(self, conversation_id: uuid.UUID) -> bool:
+        return self.session.scalar(select(Conversation.id).where(Conversation.id == conversation_id)) is not None
+
+    def taken_message_ids(self, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """Which of `ids` some message already has."""
+        taken: set[uuid.UUID] = set()
+        for start in range(0, len(ids), 500):
+            taken.update(self.session.scalars(select(Message.id).where(Message.id.in_(ids[start : start + 500]))))
+        return taken
+
+    def import_conversation(self, **values: Any) -> None:
+        self.session.execute(insert(Conversation).values(values))
+
+    def import_messages(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Imported nodes (parents before children); `original` is JSON text already, passed
+        through as it is rather than serialized again (the bind is typed as text, which the
+        JSON column of both databases takes)."""
+        statement = insert(Message.__table__).values(original=type_coerce(bindparam("original_json"), Text))
+        for row in rows:
+            row["original_json"] = row.pop("original")
+        self.session.execute(statement, rows)
+
+    def export_page(
+        self, owner: str | None, *, after: tuple[datetime, uuid.UUID] | None, limit: int
+    ) -> list[Conversation]:
+        """Conversations of `owner` (None: everyone's), newest activity first, past the
+        (updated_at, id) of the previous page's last (the same row-value keyset as `page`)."""
+        query = select(Conversation).order_by(Conversation.updated_at.desc(), Conversation.id.desc()).limit(limit)
+        if owner is not None:
+            query = query.where(Conversation.owner == owner)
+        if after is not None:
+            query = query.where(tuple_(Conversation.updated_at, Conversation.id) < tuple_(*after))
+        return list(self.session.scalars(query))
+
+    def export_messages(self, conversation_ids: Sequence[uuid.UUID]) -> Iterator[Row[Any]]:
+        """The messages of these conversations in one query, streamed: one conversation after
+        another in `export_page`'s order, each in creation order.
+
+        An imported message's `original` comes as JSON text (`original_json`), parsed one node
+        at a time by the caller; `content` only for the others, the only ones it is written for.
+        """
+        columns = [column for column in MESSAGE_COLUMNS if column.key not in ("original", "content")]
+        query = (
+            select(
+                *columns,
+                case((Message.original.is_(None), Message.content), else_=literal("")).label("content"),
+                cast(Message.original, Text).label("original_json"),
+                null().label("original"),
+            )
+            .join(Conversation, Conversation.id == Message.conversation_id)
+            .where(Message.conversation_id.in_(conversation_ids))
+            .order_by(
+                Conversation.updated_at.desc(),
+                Conversation.id.desc(),
+                Message.created_at,
+                Message.parent_id.is_not(None),
+            )
+            .execution_options(yield_per=500)
+        )
+        return iter(self.session.execute(query))

@@ -1,21 +1,19 @@
-"""Conversations in ChatGPT's own shape: `msg/history` answers with it, export writes it.
+"""Conversations in ChatGPT's own shape, as `msg/history` answers with them.
 
 `msg/history` names every node by the service's own id (a UUID a client can pass back
-as `parent_id`). Export names nodes as the imported file did (`client-created-root`),
-writes imported messages exactly as they were imported, and adds the keys of ChatGPT's
-data export (`conversation_id`, `id`, ...), so an imported export comes back unchanged.
+as `parent_id`). Export (`services/transfer.py`) writes the same messages under the
+node ids of the imported file, node by node.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import ConfigDict, Field, with_config
 from typing_extensions import NotRequired, TypedDict
 
-from models.entities import DEFAULT_TITLE, Conversation, Message
+from models.entities import Conversation, Message
 
 
 class Usage(TypedDict):
@@ -122,54 +120,21 @@ def conversation_document(conversation: Conversation, messages: Sequence[Message
         "title": conversation.title,
         "create_time": conversation.created_at.timestamp(),
         "update_time": conversation.updated_at.timestamp(),
-        "mapping": _mapping(messages, export=False),
+        "mapping": _mapping(messages),
         "moderation_results": [],
         "current_node": str(conversation.current_node_id) if conversation.current_node_id else None,
     }
 
 
-def export_document(conversation: Conversation, messages: Sequence[Message]) -> dict[str, Any]:
-    """One entry of ChatGPT's `conversations.json`; imported keys come back as they were."""
-    original = conversation.original or {}
-    keys = {str(m.id): m.original_id or str(m.id) for m in messages}
-    title: str | None = conversation.title
-    if original.get("title") is None and "title" in original and title == DEFAULT_TITLE:
-        title = None
-    current = str(conversation.current_node_id) if conversation.current_node_id else None
-    own = str(conversation.id)
-    document: dict[str, Any] = {
-        "title": title,
-        "create_time": _epoch(conversation.created_at, original.get("create_time")),
-        "update_time": _epoch(conversation.updated_at, original.get("update_time")),
-        "mapping": _mapping(messages, export=True),
-        "moderation_results": original.get("moderation_results", []),
-        "current_node": keys.get(current, current) if current else None,
-        "plugin_ids": None,
-        "conversation_id": own,
-        "conversation_template_id": None,
-        "gizmo_id": None,
-        "is_archived": False,
-        "safe_urls": [],
-        "id": own,
-    }
-    if not original:
-        return document
-    mine = ("title", "create_time", "update_time", "mapping", "moderation_results", "current_node")
-    merged = {key: document[key] if key in mine else value for key, value in original.items()}
-    return {**merged, **{key: value for key, value in document.items() if key not in merged}}
-
-
-def _mapping(messages: Sequence[Message], *, export: bool) -> dict[str, Node]:
+def _mapping(messages: Sequence[Message]) -> dict[str, Node]:
     """Nodes by id, each listing its parent and its children (in creation order)."""
-    keys = {m.id: (m.original_id or str(m.id)) if export else str(m.id) for m in messages}
+    keys = {m.id: str(m.id) for m in messages}
     mapping: dict[str, Node] = {}
     for message in messages:
         key = keys[message.id]
         node: Node = {"id": key}  # type: ignore[typeddict-item]  # the other keys follow, in order
         if message.role is not None:
-            node["message"] = message_document(message, None if export else key)
-        elif export:
-            node["message"] = None  # ChatGPT writes the root (and empty nodes) this way
+            node["message"] = message_document(message, key)
         node["parent"] = keys.get(message.parent_id) if message.parent_id else None
         node["children"] = []
         mapping[key] = node
@@ -178,14 +143,3 @@ def _mapping(messages: Sequence[Message], *, export: bool) -> dict[str, Node]:
         if parent is not None:
             parent["children"].append(node["id"])
     return mapping
-
-
-def _epoch(moment: datetime, original: Any) -> float:
-    """`moment` as epoch seconds; the imported value itself while it still says the same."""
-    if isinstance(original, (int, float)) and not isinstance(original, bool):
-        try:
-            if datetime.fromtimestamp(original, UTC) == moment:
-                return original
-        except (OverflowError, OSError, ValueError):
-            pass
-    return moment.timestamp()

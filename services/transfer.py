@@ -1,40 +1,53 @@
 """Conversations in and out in ChatGPT's data-export format (`conversations.json`).
 
-Both directions hold one conversation in memory at a time: import reads the file
-with ijson as a stream of conversations, export writes one conversation after another.
+Both directions hold one conversation at a time, and that one compactly: import reads
+the file as a stream of JSON events and keeps each node only as the row it becomes (its
+message already serialized), export reads a page's messages in one streamed query and
+writes one node after another. A conversation of N MB needs about 2 × N MB.
 
-How an import is stored:
+What an import accepts: `conversations.json` (a list of conversations), the .zip it came
+in (read by the command line), or a file holding one conversation object (what some
+exporters write). How it is stored:
 - Ids are kept. A node id that is not a canonical UUID (`client-created-root`), or a
   UUID another conversation already uses, gets a deterministic uuid5 and keeps the
-  original in `messages.original_id`, which export writes back.
+  original in `messages.original_id`, which export writes back. A conversation id that
+  is not a UUID gets a uuid5 here; export writes the file's own `id` and `conversation_id`.
 - Every message is kept exactly as the file had it (`messages.original`: any content
   type, author, metadata, recipient), and `msg/history` and export show it that way.
   Its text goes to `messages.content` only when it is part of the dialogue (system,
   user or assistant text addressed to all), which is what the upstream sees when the
   conversation continues; tool calls, tool output and browsing results are not sent.
 - A node whose message is null is stored as an empty node; it is written back as null.
+- A node whose `parent` is not in the file becomes a root here; the parent it named is
+  kept in `conversations.original["mapping"]` (a mapping holding only that) and exported.
 - A message without `create_time` sorts at its parent's time; siblings keep their order.
-- A conversation already present (by id) is skipped, so importing again adds nothing.
+- Without a usable `current_node`, the conversation continues from its most recent leaf
+  (the deepest among equally recent ones), never from its empty root.
+- A conversation already present (by id) is skipped, so importing again adds nothing,
+  and importing a file again after it broke off part-way adds the rest.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import re
+import sys
 import uuid
 from collections import deque
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any
 
 import ijson
-from sqlalchemy import insert, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Row
 
 from models.db import Database
-from models.entities import DEFAULT_TITLE, Conversation, Message, utcnow
-from services.chatgpt_format import export_document
+from models.entities import DEFAULT_TITLE, Conversation, utcnow
+from services.chatgpt_format import message_document
+from services.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +56,40 @@ NODE_NAMESPACE = uuid.UUID("6f1d3c52-0d8e-4b8e-9a57-8a3c2b1f0e64")
 DIALOGUE_ROLES = ("system", "user", "assistant")
 TEXT_CONTENT = ("text", "multimodal_text")
 COMMIT_EVERY = 2000
-"""Messages written per transaction during an import."""
+"""Messages written per transaction during an import (a conversation is never split)."""
+INSERT_CHUNK = 100
+"""Message rows built and sent at once: a huge conversation never has all its rows built."""
 EXPORT_PAGE = 100
 ONE_MICROSECOND = timedelta(microseconds=1)
+EXPECTED = "ChatGPT's conversations.json (a list of conversations) or one conversation object"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_OPENS = frozenset(("start_map", "start_array"))
+_CLOSES = frozenset(("end_map", "end_array"))
+
+
+class NotAnExport(ValueError):
+    """The file is valid JSON but holds neither a list of conversations nor one conversation."""
+
+
+class ExportBrokenOff(Exception):
+    """The file stopped being valid JSON at entry `index`; what came before is imported."""
+
+    def __init__(self, index: int, error: ijson.JSONError, report: ImportReport) -> None:
+        reason = error.args[0] if error.args else ""  # the parser's words, showing where it stopped
+        self.reason = reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
+        super().__init__(f"not valid JSON from entry [{index}] on: {self.reason}")
+        self.index = index
+        self.report = report
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An entry of the file that was not imported, named as a person can find it in the file."""
+
+    index: int
+    """Its position in the file's list, from 0 (`jq '.[index]'` shows it)."""
+    title: str | None
+    reason: str
 
 
 @dataclass
@@ -53,14 +97,163 @@ class ImportReport:
     conversations: int = 0
     messages: int = 0
     already_present: int = 0
-    invalid: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+    """Entries that are not conversations."""
     dropped_nodes: int = 0
     """Nodes unreachable from any root (a cycle in the file's parent links)."""
 
+    @property
+    def invalid(self) -> int:
+        return len(self.skipped)
 
-def read_export(stream: IO[bytes]) -> Iterator[dict[str, Any]]:
-    """The conversations of a `conversations.json`, one at a time."""
-    return ijson.items(stream, "item", use_float=True)
+
+@dataclass(slots=True)
+class FileNode:
+    """One entry of a conversation's `mapping`, held compactly until it is stored."""
+
+    parent: Any
+    """The file's `parent`, as it said."""
+    children: tuple[str, ...]
+    """The file's `children`, which give the order of siblings."""
+    created_at: datetime | None
+    message: bytes | None
+    """The message as UTF-8 JSON, exactly as the file had it; None for an empty node."""
+
+
+@dataclass
+class Entry:
+    """One conversation of the file, its mapping read node by node."""
+
+    index: int
+    fields: dict[str, Any] | None
+    """Its keys in the file's order, `mapping` kept as None; None if the entry is no object."""
+    mapping: dict[str, FileNode] | None
+    """None if it has no `mapping` object."""
+
+    @property
+    def title(self) -> str | None:
+        title = self.fields.get("title") if self.fields else None
+        return title if isinstance(title, str) else None
+
+
+# -- reading ----------------------------------------------------------------
+
+
+def read_export(stream: IO[bytes]) -> Iterator[Entry]:
+    """The conversations of a `conversations.json`, or the one conversation of a file that
+    holds only that, one at a time.
+
+    Raises NotAnExport for any other JSON, and ijson.JSONError where the file stops being JSON.
+    """
+    events = ijson.basic_parse(stream, use_float=True)
+    kind, value = next(events)
+    if kind == "start_array":
+        for index in itertools.count():
+            kind, value = next(events)
+            if kind == "end_array":
+                break
+            yield _read_entry(index, kind, value, events)
+    elif kind == "start_map":
+        entry = _read_entry(0, kind, value, events)
+        if entry.mapping is None:
+            raise NotAnExport(f"expected {EXPECTED}; found an object without a `mapping` object")
+        yield entry
+    else:
+        found = "null" if kind == "null" else "a string" if kind == "string" else f"a {kind}"
+        raise NotAnExport(f"expected {EXPECTED}; found {found}")
+    for _trailing in events:  # ijson raises on anything after the top-level value
+        pass
+
+
+def _read_entry(index: int, kind: str, value: Any, events: Iterator[tuple[str, Any]]) -> Entry:
+    if kind != "start_map":
+        _build(kind, value, events)
+        return Entry(index, None, None)
+    fields: dict[str, Any] = {}
+    mapping: dict[str, FileNode] | None = None
+    for kind, key in events:
+        if kind == "end_map":
+            break
+        kind, value = next(events)
+        if key == "mapping" and kind == "start_map":
+            mapping, fields[key] = _read_mapping(events), None
+        else:
+            fields[key] = _build(kind, value, events)
+    return Entry(index, fields, mapping)
+
+
+def _read_mapping(events: Iterator[tuple[str, Any]]) -> dict[str, FileNode]:
+    """A `mapping` object, each node built alone and reduced at once."""
+    nodes: dict[str, FileNode] = {}
+    for kind, key in events:
+        if kind == "end_map":
+            break
+        nodes[sys.intern(key)] = _node(_build(*next(events), events))
+    return nodes
+
+
+def _build(kind: str, value: Any, events: Iterator[tuple[str, Any]]) -> Any:
+    """The JSON value that starts with this event (iteratively: nesting depth is no limit)."""
+    if kind not in _OPENS:
+        return value
+    builder = ijson.ObjectBuilder()
+    builder.event(kind, value)
+    depth = 1
+    for kind, value in events:
+        builder.event(kind, value)
+        if kind in _OPENS:
+            depth += 1
+        elif kind in _CLOSES:
+            depth -= 1
+            if not depth:
+                break
+    return builder.value
+
+
+def _node(raw: Any) -> FileNode:
+    node = raw if isinstance(raw, dict) else {}
+    parent, children, message = node.get("parent"), node.get("children"), node.get("message")
+    return FileNode(
+        # Interned: a key, its node's parent and its parent's children are then one string.
+        sys.intern(parent) if isinstance(parent, str) else parent,
+        tuple(sys.intern(c) for c in children if isinstance(c, str)) if isinstance(children, list) else (),
+        _moment(message.get("create_time")) if isinstance(message, dict) else None,
+        _json_bytes(message) if isinstance(message, dict) else None,
+    )
+
+
+def _json_bytes(value: Any) -> bytes:
+    """`value` as compact UTF-8 JSON: about as many bytes as the file spent on it (a str
+    takes four bytes for every character once a single emoji is in it). \\u escapes only
+    for a lone surrogate, which UTF-8 cannot carry."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if _SURROGATE.search(text):
+        text = json.dumps(value, separators=(",", ":"))
+    return text.encode()
+
+
+def _message_fields(node: FileNode) -> dict[str, Any]:
+    """The columns of a node's message row."""
+    if node.message is None:
+        return {
+            "role": None, "content": "", "status": "finished_successfully", "end_turn": None,
+            "model": None, "finish_details": None, "original": None,
+        }
+    original = node.message.decode()
+    message = json.loads(original)
+    author = message.get("author") if isinstance(message.get("author"), dict) else {}
+    metadata = message.get("metadata") if isinstance(message.get("metadata"), dict) else {}
+    finish = metadata.get("finish_details")
+    end_turn = message.get("end_turn")
+    return {
+        "role": _text(author.get("role"), 16) or "unknown",
+        "content": dialogue_text(message),
+        "status": _text(message.get("status"), 32) or "finished_successfully",
+        "end_turn": end_turn if isinstance(end_turn, bool) else None,
+        "model": _text(metadata.get("model_slug"), 128),
+        "finish_details": _text(finish.get("type"), 32) if isinstance(finish, dict) else None,
+        "original": original,
+    }
 
 
 def _moment(value: Any) -> datetime | None:
@@ -91,6 +284,12 @@ def _text(value: Any, limit: int) -> str | None:
     return value[:limit] if isinstance(value, str) and value else None
 
 
+def _file_id(fields: dict[str, Any]) -> str | None:
+    """The conversation's id as the file gave it."""
+    given = fields.get("id") or fields.get("conversation_id")
+    return given if isinstance(given, str) and given else None
+
+
 def dialogue_text(message: dict[str, Any]) -> str:
     """What the upstream is shown of an imported message when the conversation continues."""
     author = message.get("author") if isinstance(message.get("author"), dict) else {}
@@ -104,23 +303,32 @@ def dialogue_text(message: dict[str, Any]) -> str:
     return text.replace("\x00", "\ufffd")  # PostgreSQL text cannot hold NUL (the original keeps it)
 
 
-def _tree_order(mapping: dict[str, Any]) -> Iterator[tuple[str, str | None]]:
-    """(node key, parent key) with parents first and siblings in the file's order."""
+def _tree_order(mapping: dict[str, FileNode]) -> Iterator[tuple[str, str | None, int]]:
+    """(node key, parent key, depth) with parents first and siblings in the file's order."""
     children: dict[str | None, list[str]] = {}
     for key, node in mapping.items():
-        parent = node.get("parent") if isinstance(node, dict) else None
-        parent = parent if isinstance(parent, str) and parent in mapping else None
+        parent = node.parent if isinstance(node.parent, str) and node.parent in mapping else None
         children.setdefault(parent, []).append(key)
     for parent, keys in children.items():  # the file's `children` lists give sibling order
-        listed = mapping[parent].get("children") if parent is not None else None
-        if isinstance(listed, list):
-            rank = {key: i for i, key in enumerate(listed) if isinstance(key, str)}
+        if parent is not None and mapping[parent].children:
+            rank = {key: i for i, key in enumerate(mapping[parent].children)}
             keys.sort(key=lambda key: rank.get(key, len(rank)))
-    queue: deque[tuple[str, str | None]] = deque((key, None) for key in children.get(None, []))
+    queue: deque[tuple[str, str | None, int]] = deque((key, None, 0) for key in children.get(None, []))
     while queue:
-        key, parent = queue.popleft()
-        yield key, parent
-        queue.extend((child, key) for child in children.get(key, []))
+        key, parent, depth = queue.popleft()
+        yield key, parent, depth
+        queue.extend((child, key, depth + 1) for child in children.get(key, []))
+
+
+@dataclass(slots=True)
+class _Placed:
+    """Where a node goes: its id here, its parent's, its time and its depth in the tree."""
+
+    key: str
+    id: uuid.UUID
+    parent_id: uuid.UUID | None
+    created_at: datetime
+    depth: int
 
 
 class ConversationTransfer:
@@ -132,135 +340,99 @@ class ConversationTransfer:
 
     # -- import --------------------------------------------------------------
 
-    def import_conversations(self, conversations: Iterable[dict[str, Any]]) -> ImportReport:
-        """Store each conversation not yet present; commits every few thousand messages."""
+    def import_conversations(self, entries: Iterable[Entry]) -> ImportReport:
+        """Store each conversation not yet present; commits every few thousand messages.
+
+        If `entries` stops with a JSON error, what was read before it is committed and
+        ExportBrokenOff carries the report.
+        """
         report = ImportReport()
-        remaining = iter(conversations)
+        remaining = iter(entries)
+        index = 0
         while True:
-            with self._db.unit_of_work() as uow:
+            with UnitOfWork(self._db) as uow:
                 pending = 0
-                for raw in remaining:
-                    pending += self._import_one(uow.session, raw, report)
-                    if pending >= COMMIT_EVERY:
-                        break
-                else:
+                try:
+                    for entry in remaining:
+                        index = entry.index + 1
+                        pending += self._import_one(uow, entry, report)
+                        if pending >= COMMIT_EVERY:
+                            break
+                    else:
+                        uow.commit()
+                        return report
+                except ijson.JSONError as error:
                     uow.commit()
-                    return report
+                    raise ExportBrokenOff(index, error, report) from error
                 uow.commit()
 
-    def _import_one(self, session: Session, raw: Any, report: ImportReport) -> int:
-        """Add one conversation to the session; returns how many messages it added."""
-        if not isinstance(raw, dict) or not isinstance(raw.get("mapping"), dict) or not raw["mapping"]:
-            report.invalid += 1
-            return 0
-        given_id = raw.get("id") or raw.get("conversation_id")
-        if not isinstance(given_id, str) or not given_id:
-            report.invalid += 1
+    def _import_one(self, uow: UnitOfWork, entry: Entry, report: ImportReport) -> int:
+        """Add one conversation; returns how many messages it added."""
+        fields, mapping = entry.fields, entry.mapping
+        given_id = _file_id(fields) if fields is not None else None
+        if fields is None or not mapping or given_id is None:
+            reason = "not an object" if fields is None else "no id" if mapping else "no mapping with nodes"
+            report.skipped.append(Skipped(entry.index, entry.title, reason))
             return 0
         conversation_id = _canonical_uuid(given_id) or uuid.uuid5(NODE_NAMESPACE, given_id)
-        if session.get(Conversation, conversation_id) is not None:
+        if uow.conversations.exists(conversation_id):
             report.already_present += 1
             return 0
-        mapping: dict[str, Any] = raw["mapping"]
-        rows = self._message_rows(session, conversation_id, mapping, raw)
-        report.dropped_nodes += len(mapping) - len(rows)
-        ids = {row["key"]: row["id"] for row in rows}
-        created = _moment(raw.get("create_time")) or min(
-            (row["created_at"] for row in rows), default=utcnow()
+        placed = self._place(uow, conversation_id, mapping, fields)
+        report.dropped_nodes += len(mapping) - len(placed)
+        orphans = {
+            key: {"parent": node.parent}
+            for key, node in mapping.items()
+            if node.parent is not None and not (isinstance(node.parent, str) and node.parent in mapping)
+        }
+        created = _moment(fields.get("create_time")) or min(
+            (node.created_at for node in placed), default=utcnow()
         )
-        current = ids.get(raw.get("current_node")) if isinstance(raw.get("current_node"), str) else None
-        if current is None and rows:  # no usable current node: the newest message
-            current = max(rows, key=lambda row: row["created_at"])["id"]
-        title = raw.get("title")
-        session.execute(
-            insert(Conversation),
-            [
-                {
-                    "id": conversation_id,
-                    "owner": self._owner,
-                    "title": title.replace("\x00", "\ufffd") if isinstance(title, str) and title.strip() else DEFAULT_TITLE,
-                    "created_at": created,
-                    "updated_at": _moment(raw.get("update_time")) or created,
-                    "current_node_id": current,
-                    # The mapping lives in the messages; its key stays to keep the key order.
-                    "original": {key: None if key == "mapping" else value for key, value in raw.items()},
-                }
-            ],
+        current = fields.get("current_node")
+        current_id = next((node.id for node in placed if node.key == current), None)
+        title = fields.get("title")
+        uow.conversations.import_conversation(
+            id=conversation_id,
+            owner=self._owner,
+            title=title.replace("\x00", "\ufffd") if isinstance(title, str) and title.strip() else DEFAULT_TITLE,
+            created_at=created,
+            updated_at=_moment(fields.get("update_time")) or created,
+            current_node_id=current_id or _latest_leaf(placed),
+            # The mapping lives in the messages; its key stays, to keep the key order, and
+            # holds what the messages cannot: the parents that orphan nodes named.
+            original={**fields, "mapping": orphans or None},
         )
-        if rows:
-            for row in rows:
-                del row["key"]
-            session.execute(insert(Message), rows)
+        for start in range(0, len(placed), INSERT_CHUNK):
+            uow.conversations.import_messages(
+                [_row(conversation_id, node, mapping[node.key]) for node in placed[start : start + INSERT_CHUNK]]
+            )
         report.conversations += 1
-        report.messages += len(rows)
-        return len(rows)
+        report.messages += len(placed)
+        return len(placed)
 
-    def _message_rows(
-        self,
-        session: Session,
-        conversation_id: uuid.UUID,
-        mapping: dict[str, Any],
-        raw: dict[str, Any],
-    ) -> list[dict[str, Any]]:
-        """One row per node reachable from a root, parents before children."""
+    @staticmethod
+    def _place(
+        uow: UnitOfWork, conversation_id: uuid.UUID, mapping: dict[str, FileNode], fields: dict[str, Any]
+    ) -> list[_Placed]:
+        """Every node reachable from a root, parents before children, with its id and time."""
         order = list(_tree_order(mapping))
-        ids: dict[str, uuid.UUID] = {}
-        for key, _parent in order:
-            ids[key] = _canonical_uuid(key) or uuid.uuid5(NODE_NAMESPACE, f"{conversation_id}/{key}")
-        taken = self._taken_ids(session, list(ids.values()))
+        ids = {key: _canonical_uuid(key) or uuid.uuid5(NODE_NAMESPACE, f"{conversation_id}/{key}") for key, _, _ in order}
+        taken = uow.conversations.taken_message_ids(list(ids.values()))
         for key, node_id in ids.items():
             if node_id in taken:  # the same message id in another conversation
                 ids[key] = uuid.uuid5(NODE_NAMESPACE, f"{conversation_id}/{key}")
-        start = _moment(raw.get("create_time")) or utcnow()
+        start = _moment(fields.get("create_time")) or utcnow()
         times: dict[str, datetime] = {}
         last_child: dict[str | None, datetime] = {}
-        rows = []
-        for key, parent in order:
-            node = mapping[key]
-            message = node.get("message") if isinstance(node, dict) else None
-            message = message if isinstance(message, dict) else None
-            own_time = _moment(message.get("create_time")) if message else None
-            moment = own_time or (times[parent] if parent is not None else start)
+        placed = []
+        for key, parent, depth in order:
+            moment = mapping[key].created_at or (times[parent] if parent is not None else start)
             previous = last_child.get(parent)
             if previous is not None and moment <= previous:  # keep the file's sibling order
                 moment = previous + ONE_MICROSECOND
             times[key] = last_child[parent] = moment
-            rows.append(
-                {
-                    "key": key,
-                    "id": ids[key],
-                    "conversation_id": conversation_id,
-                    "parent_id": ids[parent] if parent is not None else None,
-                    "created_at": moment,
-                    "original_id": None if str(ids[key]) == key else key,
-                    **(self._message_fields(message) if message else {"role": None, "content": ""}),
-                }
-            )
-        return rows
-
-    @staticmethod
-    def _message_fields(message: dict[str, Any]) -> dict[str, Any]:
-        author = message.get("author") if isinstance(message.get("author"), dict) else {}
-        metadata = message.get("metadata") if isinstance(message.get("metadata"), dict) else {}
-        finish = metadata.get("finish_details")
-        end_turn = message.get("end_turn")
-        return {
-            "role": _text(author.get("role"), 16) or "unknown",
-            "content": dialogue_text(message),
-            "status": _text(message.get("status"), 32) or "finished_successfully",
-            "end_turn": end_turn if isinstance(end_turn, bool) else None,
-            "model": _text(metadata.get("model_slug"), 128),
-            "finish_details": _text(finish.get("type"), 32) if isinstance(finish, dict) else None,
-            "original": message,
-        }
-
-    @staticmethod
-    def _taken_ids(session: Session, ids: list[uuid.UUID]) -> set[uuid.UUID]:
-        taken: set[uuid.UUID] = set()
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            taken.update(session.scalars(select(Message.id).where(Message.id.in_(chunk))))
-        return taken
+            placed.append(_Placed(key, ids[key], ids[parent] if parent is not None else None, moment, depth))
+        return placed
 
     # -- export --------------------------------------------------------------
 
@@ -270,37 +442,130 @@ class ConversationTransfer:
         count = 0
         for conversation, messages in self._conversations(every_owner):
             out.write(",\n" if count else "\n")
-            out.write(json.dumps(export_document(conversation, messages), ensure_ascii=False))
+            _write_conversation(out, conversation, messages)
             count += 1
         out.write("\n]\n" if count else "]\n")
         return count
 
-    def _conversations(self, every_owner: bool) -> Iterator[tuple[Conversation, list[Message]]]:
-        """Conversations with their messages, one page of conversations per unit of work."""
+    def _conversations(self, every_owner: bool) -> Iterator[tuple[Conversation, list[Row[Any]]]]:
+        """Each conversation with its messages. A page of conversations per unit of work,
+        its messages in one streamed query; one conversation's rows are held at a time."""
         after: tuple[datetime, uuid.UUID] | None = None
+        owner = None if every_owner else self._owner
         while True:
-            query = select(Conversation).order_by(
-                Conversation.updated_at.desc(), Conversation.id.desc()
-            )
-            if not every_owner:
-                query = query.where(Conversation.owner == self._owner)
-            if after is not None:
-                updated_at, last_id = after
-                query = query.where(
-                    (Conversation.updated_at < updated_at)
-                    | ((Conversation.updated_at == updated_at) & (Conversation.id < last_id))
-                )
-            with self._db.unit_of_work() as uow:
-                page = list(uow.session.scalars(query.limit(EXPORT_PAGE)))
+            with UnitOfWork(self._db) as uow:
+                page = uow.conversations.export_page(owner, after=after, limit=EXPORT_PAGE)
+                rows = uow.conversations.export_messages([conversation.id for conversation in page])
+                groups = itertools.groupby(rows, key=lambda row: row.conversation_id)
+                group = next(groups, None)
                 for conversation in page:
-                    messages = list(
-                        uow.session.scalars(
-                            select(Message)
-                            .where(Message.conversation_id == conversation.id)
-                            .order_by(Message.created_at, Message.parent_id.is_not(None))
-                        )
-                    )
+                    messages: list[Row[Any]] = []
+                    if group is not None and group[0] == conversation.id:
+                        messages = list(group[1])
+                        group = next(groups, None)
                     yield conversation, messages
                 if len(page) < EXPORT_PAGE:
                     return
                 after = (page[-1].updated_at, page[-1].id)
+
+
+def _row(conversation_id: uuid.UUID, placed: _Placed, node: FileNode) -> dict[str, Any]:
+    return {
+        "id": placed.id,
+        "conversation_id": conversation_id,
+        "parent_id": placed.parent_id,
+        "created_at": placed.created_at,
+        "original_id": None if str(placed.id) == placed.key else placed.key,
+        **_message_fields(node),
+    }
+
+
+def _latest_leaf(placed: Sequence[_Placed]) -> uuid.UUID | None:
+    """Where a conversation whose file names no current node continues: its most recent
+    leaf, the deepest of equally recent ones (without any times, the longest branch)."""
+    parents = {node.parent_id for node in placed}
+    leaves = [node for node in placed if node.id not in parents]
+    return max(leaves, key=lambda node: (node.created_at, node.depth)).id if leaves else None
+
+
+def _write_conversation(out: IO[str], conversation: Conversation, messages: Sequence[Row[Any]]) -> None:
+    """One entry of `conversations.json`, written node by node (the same text `json.dumps`
+    would give for the whole)."""
+    keys = {row.id: row.original_id or str(row.id) for row in messages}
+    children: dict[uuid.UUID, list[str]] = {}
+    for row in messages:
+        if row.parent_id in keys:
+            children.setdefault(row.parent_id, []).append(keys[row.id])
+    original = conversation.original or {}
+    orphans = original.get("mapping") if isinstance(original.get("mapping"), dict) else {}
+    current = conversation.current_node_id
+    document = _export_fields(conversation, keys.get(current, str(current)) if current else None)
+    out.write("{")
+    for position, (name, value) in enumerate(document.items()):
+        out.write((", " if position else "") + json.dumps(name, ensure_ascii=False) + ": ")
+        if name != "mapping":
+            out.write(json.dumps(value, ensure_ascii=False))
+            continue
+        out.write("{")
+        for n, row in enumerate(messages):
+            key = keys[row.id]
+            node = {
+                "id": key,
+                "message": _message(row),
+                "parent": keys.get(row.parent_id) if row.parent_id else orphans.get(key, {}).get("parent"),
+                "children": children.get(row.id, []),
+            }
+            out.write((", " if n else "") + json.dumps(key, ensure_ascii=False) + ": ")
+            out.write(json.dumps(node, ensure_ascii=False))
+        out.write("}")
+    out.write("}")
+
+
+def _message(row: Row[Any]) -> Any:
+    """A node's message: null for an empty node, an imported one as the file had it."""
+    if row.role is None:
+        return None
+    if row.original_json is not None:
+        return json.loads(row.original_json)
+    return message_document(row)  # type: ignore[arg-type]  # a row has the message's columns
+
+
+def _export_fields(conversation: Conversation, current_node: str | None) -> dict[str, Any]:
+    """The conversation's keys, in the file's order for an imported one; `mapping` is None
+    here (its nodes are written one by one)."""
+    original = conversation.original or {}
+    title: str | None = conversation.title
+    if original.get("title") is None and "title" in original and title == DEFAULT_TITLE:
+        title = None
+    own = _file_id(original) or str(conversation.id)
+    document: dict[str, Any] = {
+        "title": title,
+        "create_time": _epoch(conversation.created_at, original.get("create_time")),
+        "update_time": _epoch(conversation.updated_at, original.get("update_time")),
+        "mapping": None,
+        "moderation_results": original.get("moderation_results", []),
+        "current_node": current_node,
+        "plugin_ids": None,
+        "conversation_id": own,
+        "conversation_template_id": None,
+        "gizmo_id": None,
+        "is_archived": False,
+        "safe_urls": [],
+        "id": own,
+    }
+    if not original:
+        return document
+    mine = ("title", "create_time", "update_time", "mapping", "moderation_results", "current_node")
+    merged = {key: document[key] if key in mine else value for key, value in original.items()}
+    return {**merged, **{key: value for key, value in document.items() if key not in merged}}
+
+
+def _epoch(moment: datetime, original: Any) -> float:
+    """`moment` as epoch seconds; the imported value itself while it still says the same."""
+    if isinstance(original, (int, float)) and not isinstance(original, bool):
+        try:
+            if datetime.fromtimestamp(original, UTC) == moment:
+                return original
+        except (OverflowError, OSError, ValueError):
+            pass
+    return moment.timestamp()

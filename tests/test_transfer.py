@@ -14,13 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
+from cli import cli
 from fakes.openai_upstream import FakeOpenAI, Reply
 from models.entities import Conversation, Message
 from services.transfer import ConversationTransfer, read_export
+from services.unit_of_work import UnitOfWork
 from tests.helpers import ask, check_tree, history, ok, post
 from tests.server_process import PROJECT_ROOT
 
@@ -36,17 +39,17 @@ def by_id(conversations: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def import_file(app: Flask, path: Path = EXPORT, owner: str = "") -> Any:
     with path.open("rb") as stream:
-        return ConversationTransfer(app.extensions["database"], owner).import_conversations(read_export(stream))
+        return ConversationTransfer(app.services.database, owner).import_conversations(read_export(stream))
 
 
 def export_all(app: Flask, owner: str = "") -> list[dict[str, Any]]:
     out = io.StringIO()
-    ConversationTransfer(app.extensions["database"], owner).export_conversations(out)
+    ConversationTransfer(app.services.database, owner).export_conversations(out)
     return json.loads(out.getvalue())
 
 
 def count_rows(app: Flask) -> tuple[int, int]:
-    with app.extensions["database"].unit_of_work() as uow:
+    with UnitOfWork(app.services.database) as uow:
         return (
             uow.session.scalar(select(func.count()).select_from(Conversation)) or 0,
             uow.session.scalar(select(func.count()).select_from(Message)) or 0,
@@ -186,6 +189,7 @@ def test_what_is_not_a_conversation_is_counted_and_skipped(app: Flask, tmp_path:
     path.write_text(json.dumps([{"title": "no mapping", "id": str(uuid.uuid4())}, 5, {"mapping": {}}]))
     report = import_file(app, path)
     assert (report.conversations, report.invalid) == (0, 3)
+    assert [(skipped.index, skipped.title) for skipped in report.skipped] == [(0, "no mapping"), (1, None), (2, None)]
 
 
 def run_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -289,3 +293,208 @@ def test_a_large_export_imports_in_bounded_memory(database_url: str, tmp_path: P
     assert peak - baseline < size / 2
     with_messages = run_cli(database_url, "export", "-")
     assert with_messages.stdout.count('"current_node"') == 802
+
+
+# -- real exports: missing current nodes, other shapes, broken files, huge conversations, odd ids
+
+
+def original_conversations() -> dict[str, dict[str, Any]]:
+    return by_id(json.loads(EXPORT.read_text(encoding="utf-8")))
+
+
+def write_json(path: Path, value: Any) -> Path:
+    path.write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def run_import(database_url: str, path: Path) -> Any:
+    """`python app.py import PATH`, in this process."""
+    return CliRunner().invoke(cli, ["import", str(path)], env={"DATABASE_URL": database_url})
+
+
+def test_without_a_current_node_a_conversation_continues_from_its_latest_deepest_leaf(
+    app: Flask, client: FlaskClient, fake_upstream: FakeOpenAI, tmp_path: Path
+) -> None:
+    conversations = original_conversations()
+    untimed = {key: value for key, value in conversations[GREAT_WALL].items() if key != "current_node"}
+    untimed["mapping"] = {  # no times at all: the deepest leaf
+        key: {**node, "message": node["message"] and {**node["message"], "create_time": None}}
+        for key, node in untimed["mapping"].items()
+    }
+    branched = {key: value for key, value in conversations[CAPITALS].items() if key != "current_node"}
+    import_file(app, write_json(tmp_path / "no-current.json", [untimed, branched]))
+
+    assert history(client, GREAT_WALL)["current_node"] == conversations[GREAT_WALL]["current_node"]
+    assert history(client, CAPITALS)["current_node"] == conversations[CAPITALS]["current_node"]  # the newest leaf
+    ask(client, "八达岭在哪里？", convo_id=GREAT_WALL)
+    assert [m["role"] for m in fake_upstream.requests[0].body["messages"]] == ["user", "assistant"] * 2 + ["user"]
+
+
+def test_one_conversation_object_alone_or_zipped_is_imported(database_url: str, tmp_path: Path) -> None:
+    conversations = original_conversations()
+    alone = run_import(database_url, write_json(tmp_path / "one.json", conversations[CAPITALS]))
+    assert alone.exit_code == 0, alone.output
+    assert "imported 1 conversation(s) with 7 message(s)" in alone.stderr
+    archive = tmp_path / "one.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("conversations.json", json.dumps(conversations[GREAT_WALL]))
+    zipped_one = run_import(database_url, archive)
+    assert zipped_one.exit_code == 0, zipped_one.output
+    assert "imported 1 conversation(s) with 7 message(s)" in zipped_one.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "found"),
+    [('"hello"', "a string"), ("42", "a number"), ("null", "null"), ('{"conversations": []}', "an object without")],
+)
+def test_json_that_is_no_export_is_refused_saying_what_was_expected(
+    sqlite_url: str, tmp_path: Path, content: str, found: str
+) -> None:
+    path = tmp_path / "other.json"
+    path.write_text(content, encoding="utf-8")
+    result = run_import(sqlite_url, path)
+    assert result.exit_code == 1
+    assert "expected ChatGPT's conversations.json (a list of conversations) or one conversation object" in result.stderr
+    assert f"found {found}" in result.stderr and "Traceback" not in result.output
+
+
+def test_a_file_that_breaks_off_says_what_was_imported_and_importing_it_whole_completes_it(
+    database_url: str, tmp_path: Path
+) -> None:
+    text = EXPORT.read_text(encoding="utf-8")
+    cut = tmp_path / "cut.json"
+    cut.write_text(text[: text.index('"Capital cities"') + 300], encoding="utf-8")  # inside the third
+    broken = run_import(database_url, cut)
+    assert broken.exit_code == 1
+    assert "imported 2 conversation(s) with 17 message(s)" in broken.stderr
+    assert "is not valid JSON from entry [2] on; the 2 conversation(s) before it are in the database" in broken.stderr
+    assert "Import the complete file again to add the rest" in broken.stderr
+    whole = run_import(database_url, EXPORT)
+    assert whole.exit_code == 0, whole.output
+    assert "imported 1 conversation(s) with 7 message(s); 2 already present" in whole.stderr
+
+
+def test_entries_that_are_not_conversations_are_named(database_url: str, tmp_path: Path) -> None:
+    entries = [
+        original_conversations()[GREAT_WALL],
+        5,
+        {"title": "Notes", "id": str(uuid.uuid4())},
+        {"title": "空的", "id": str(uuid.uuid4()), "mapping": {}},
+        {"mapping": {"root": {"id": "root", "message": None, "parent": None, "children": []}}},
+    ]
+    result = run_import(database_url, write_json(tmp_path / "mixed.json", entries))
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines()[-5:] == [
+        "skipped entry [1] (no title): not an object",
+        'skipped entry [2] "Notes": no mapping with nodes',
+        'skipped entry [3] "空的": no mapping with nodes',
+        "skipped entry [4] (no title): no id",
+        "imported 1 conversation(s) with 7 message(s); 0 already present, 4 not conversations",
+    ]
+
+
+def test_ids_the_file_gave_come_back_as_it_gave_them(app: Flask, client: FlaskClient, tmp_path: Path) -> None:
+    conversations = original_conversations()
+    not_a_uuid = {key: value for key, value in conversations[GREAT_WALL].items() if key != "conversation_id"}
+    not_a_uuid["id"] = "great-wall-from-another-exporter"
+    disagreeing = {**conversations[TOOLS], "id": "tools-id", "conversation_id": "tools-conversation-id"}
+    orphans = {**conversations[CAPITALS]}
+    orphans["mapping"] = {key: node for key, node in orphans["mapping"].items() if key != "client-created-root"}
+    sent = [not_a_uuid, disagreeing, orphans]
+    import_file(app, write_json(tmp_path / "ids.json", sent))
+
+    exported = export_all(app)
+    first = by_id(exported)["great-wall-from-another-exporter"]
+    assert first["conversation_id"] == "great-wall-from-another-exporter"  # absent in the file: the same as `id`
+    assert {key: value for key, value in first.items() if key != "conversation_id"} == not_a_uuid
+    assert by_id(exported)["tools-id"] == disagreeing
+    assert by_id(exported)[CAPITALS] == orphans
+    assert by_id(exported)[CAPITALS]["mapping"]["aaa1c0de-0001-4c3e-9b11-0e5d1c2b3a01"]["parent"] == "client-created-root"
+
+    post(client, "clear/conversations", {})  # and once more round: the same file
+    import_file(app, write_json(tmp_path / "again.json", exported))
+    assert export_all(app) == exported
+
+
+BIG_CONVERSATION_NODES = 2000
+
+MEMORY_PROBE = """
+import ctypes, gc, os, sys
+from models.db import Database
+from services.transfer import ConversationTransfer, read_export
+
+def kib(field):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field + ":"))
+
+def peak_growth(step):
+    '''Bytes the peak resident size grew by during `step` (freed memory given back first).'''
+    gc.collect()
+    ctypes.CDLL(None).malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # the peak starts again from here
+    before = kib("VmRSS")
+    step()
+    return (kib("VmHWM") - before) * 1024
+
+def import_file(path):
+    with open(path, "rb") as stream:
+        transfer.import_conversations(read_export(stream))
+
+def export():
+    with open(os.devnull, "w", encoding="utf-8") as out:
+        transfer.export_conversations(out)
+
+database = Database(sys.argv[1])
+database.migrate()
+transfer = ConversationTransfer(database)
+import_file(sys.argv[2])  # warm up: statements compiled, modules loaded
+export()
+print(peak_growth(lambda: import_file(sys.argv[3])), peak_growth(export))
+"""
+
+
+def write_big_conversation(path: Path, nodes: int, with_small: int) -> int:
+    """One conversation of `nodes` nodes shaped like ChatGPT's (its size in bytes returned),
+    then `with_small` conversations of 20 nodes."""
+    filler = ("数据导出 export " * 60)[:900]
+    with path.open("w", encoding="utf-8") as out:
+        out.write("[")
+        for n, count in enumerate([nodes] + [20] * with_small):
+            start = out.tell()
+            keys = ["client-created-root"] + [str(uuid.UUID(int=(n << 32) + k)) for k in range(1, count)]
+            out.write(('{"title": "Long", "create_time": 1.7e9, "update_time": 1.7e9, "mapping": {'))
+            for k, key in enumerate(keys):
+                role = "user" if k % 2 else "assistant"
+                message = {
+                    "id": key, "author": {"role": role, "name": None, "metadata": {}},
+                    "create_time": 1.7e9 + k, "update_time": None,
+                    "content": {"content_type": "text", "parts": [f"{k}: {filler}"]},
+                    "status": "finished_successfully", "end_turn": role == "assistant", "weight": 1.0,
+                    "metadata": {"citations": [], "model_slug": "gpt-4o", "parent_id": keys[k - 1],
+                                 "request_id": "8a1b2c3d4e5f6a7b-AMS", "timestamp_": "absolute"},
+                    "recipient": "all", "channel": None,
+                } if k else None
+                node = {"id": key, "message": message, "parent": keys[k - 1] if k else None,
+                        "children": [keys[k + 1]] if k + 1 < count else []}
+                out.write(("" if k == 0 else ", ") + json.dumps(key) + ": " + json.dumps(node, ensure_ascii=False))
+            out.write(f'}}, "current_node": "{keys[-1]}", "id": "{uuid.UUID(int=n + 1)}"}}')
+            out.write("," if n < with_small else "]")
+            size = out.tell() - start if n == 0 else size
+    return size
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/status")
+def test_a_huge_conversation_imports_and_exports_in_about_its_own_size(database_url: str, tmp_path: Path) -> None:
+    """Memory grows with the largest conversation (here 2,000 nodes), never with the whole file."""
+    big = tmp_path / "big.json"
+    size = write_big_conversation(big, BIG_CONVERSATION_NODES, with_small=50)
+    warm_up = write_json(tmp_path / "warm.json", [original_conversations()[CAPITALS]])
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    probe = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, database_url, str(warm_up), str(big)],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert probe.returncode == 0, probe.stderr
+    imported, exported = map(int, probe.stdout.split())
+    print(f"{size / 2**20:.1f} MiB conversation: import +{imported / size:.1f}x, export +{exported / size:.1f}x")
+    assert imported < 3 * size and exported < 3 * size
