@@ -60,6 +60,8 @@ class Conversation(Base):
     """The upstream's own conversation id, for providers that keep one (ChatGPT)."""
     original: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     """An imported conversation's own keys (`mapping` kept as null), written back on export."""
+    metadata_: Mapped[dict[str, str] | None] = mapped_column("metadata", JSON(none_as_null=True))
+    """The `metadata` of /v1 (up to 16 short key-value pairs the client attaches)."""
 
     __table_args__ = (
         Index("ix_conversations_owner_updated", "owner", updated_at.desc(), id.desc()),
@@ -92,6 +94,9 @@ class Message(Base):
     """An imported node's id when it was no UUID (`client-created-root`): export gives it back."""
     original: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     """An imported message exactly as the export had it (any content type, author, metadata)."""
+    response_fields: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    """An answer made through /v1/responses: what that route gives back about it (instructions,
+    metadata, sampling, which messages were its input)."""
 
     __table_args__ = (
         Index("ix_messages_conversation_created", "conversation_id", "created_at"),

@@ -26,7 +26,7 @@ from services.errors import (
     UpstreamNotConfigured,
 )
 from services.metrics import Metrics
-from services.providers.base import ChatMessage, Provider, ReplyChunk, ReplyRequest
+from services.providers.base import ChatMessage, Provider, ReplyChunk, ReplyRequest, Sampling
 from services.titles import TitleWriter
 from services.unit_of_work import UnitOfWork
 
@@ -36,13 +36,37 @@ INTERRUPTED = "finished_partial_completion"
 
 
 @dataclass(frozen=True)
+class Said:
+    """A message as the caller wrote it (one of a response's input items), with the id it gets."""
+
+    role: str
+    """`user`, `assistant`, `system` or `developer`."""
+    content: str
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+
+@dataclass(frozen=True)
 class Question:
-    """A validated `ask`."""
+    """A validated `ask`, or a response's request (`/v1/responses`)."""
 
     prompt: str
     conversation_id: uuid.UUID | None = None
     parent_id: uuid.UUID | None = None
     model: str | None = None
+    inputs: tuple[Said, ...] | None = None
+    """A response's input messages, stored in this order under the parent (none: answer the
+    parent itself); None for `ask`, whose `prompt` is the one user message."""
+    instructions: str | None = None
+    """Sent first as a system message, for this answer only: never stored as a message."""
+    sampling: Sampling = Sampling()
+    store: bool = True
+    """False: answer from the stored context and keep nothing."""
+    record: dict[str, Any] | None = None
+    """Kept with the answer as it is (what `/v1/responses` gives back about it)."""
+
+    def said(self) -> tuple[Said, ...]:
+        """The messages this question adds (a new id for `prompt` on each call)."""
+        return (Said("user", self.prompt),) if self.inputs is None else self.inputs
 
 
 @dataclass(frozen=True)
@@ -53,6 +77,8 @@ class Turn:
     user_message_id: uuid.UUID
     request: ReplyRequest
     wants_title: bool
+    store: bool = True
+    record: dict[str, Any] | None = None
 
 
 @dataclass
@@ -109,9 +135,9 @@ def _context(path: Sequence[Any]) -> list[ChatMessage]:
     Imported tool messages, tool calls and other non-dialogue content have no text here.
     """
     return [
-        ChatMessage(role=m.role, content=m.content, upstream_id=m.upstream_id)
+        ChatMessage(role="system" if m.role == "developer" else m.role, content=m.content, upstream_id=m.upstream_id)
         for m in path
-        if m.role in ("system", "user", "assistant") and m.content
+        if m.role in ("system", "developer", "user", "assistant") and m.content
     ]
 
 
@@ -162,14 +188,17 @@ class AskService:
         arrives (marked in progress) and finished at the end. Closing the iterator
         early cancels the upstream call and keeps the text so far, marked unfinished.
         """
-        if self._max_prompt_chars is not None and len(question.prompt) > self._max_prompt_chars:
+        said = question.said()
+        size = sum(len(message.content) for message in said)
+        if self._max_prompt_chars is not None and size > self._max_prompt_chars:
+            name = "prompt" if question.inputs is None else "input"
             raise InvalidRequest(
-                f"prompt: at most {self._max_prompt_chars} characters (MAX_PROMPT_CHARS); "
-                f"this one has {len(question.prompt)}."
+                f"{name}: at most {self._max_prompt_chars} characters (MAX_PROMPT_CHARS); this one has {size}.",
+                param=name,
             )
         provider = self._require_provider()
-        turn = self._store_question(owner, question, provider)
-        return self._answer(turn, provider, write_early=write_early)
+        turn = self._store_question(owner, question, said, provider)
+        return self._answer(turn, provider, write_early=write_early and question.store)
 
     def _require_provider(self) -> Provider:
         if self._provider is None:
@@ -178,16 +207,19 @@ class AskService:
 
     # -- the question --------------------------------------------------------
 
-    def _store_question(self, owner: str, question: Question, provider: Provider) -> Turn:
+    def _store_question(self, owner: str, question: Question, said: Sequence[Said], provider: Provider) -> Turn:
+        """Store the question's messages under its parent (nothing with `store=False`)."""
         now = utcnow()
-        user_id = uuid.uuid4()
         with UnitOfWork(self._db) as uow:
             repo = uow.conversations
             if question.conversation_id is None:
-                conversation_id, path = self._new_conversation(repo, owner, now)
+                conversation_id, path = self.new_conversation(repo, owner, now, keep=question.store)
                 title, upstream_id = DEFAULT_TITLE, None
             else:
-                found = repo.claim(owner, question.conversation_id, now)
+                if question.store:
+                    found = repo.claim(owner, question.conversation_id, now)
+                else:
+                    found = repo.owned(owner, question.conversation_id)
                 if found is None:
                     raise ConversationNotFound(f"Conversation {question.conversation_id} does not exist.")
                 conversation_id = question.conversation_id
@@ -196,36 +228,48 @@ class AskService:
                 if not path:
                     raise ParentNotFound(f"Message {parent_id} is not part of conversation {conversation_id}.")
                 title, upstream_id = found.title, found.upstream_id
-            repo.add_message(
-                id=user_id,
-                conversation_id=conversation_id,
-                parent_id=path[-1].id,
-                role="user",
-                content=question.prompt,
-                status=FINISHED,
-                created_at=now,
-            )
-            uow.commit()
-        path.append(_Node(user_id, "user", question.prompt))
+            if question.store:
+                for parent, message in zip([path[-1], *said], said):
+                    repo.add_message(
+                        id=message.id,
+                        conversation_id=conversation_id,
+                        parent_id=parent.id,
+                        role=message.role,
+                        content=message.content,
+                        status=FINISHED,
+                        created_at=now,
+                    )
+                uow.commit()
+        path.extend(_Node(message.id, message.role, message.content) for message in said)
+        messages = _context(path)
+        if question.instructions:
+            messages.insert(0, ChatMessage(role="system", content=question.instructions))
         request = ReplyRequest(
-            messages=_context(path),
+            messages=messages,
             model=question.model or provider.default_model,
-            user_message_id=str(user_id),
+            user_message_id=str(path[-1].id),
             upstream_conversation_id=upstream_id,
-            upstream_parent_id=path[-2].upstream_id,
+            upstream_parent_id=path[-2].upstream_id if len(path) > 1 else None,
+            sampling=question.sampling,
         )
         wants_title = (
-            self._titles.enabled and title == DEFAULT_TITLE and not any(m.role == "assistant" for m in path)
+            question.store
+            and self._titles.enabled
+            and title == DEFAULT_TITLE
+            and not any(m.role == "assistant" for m in path)
         )
-        return Turn(conversation_id, user_id, request, wants_title)
+        return Turn(conversation_id, path[-1].id, request, wants_title, question.store, question.record)
 
-    def _new_conversation(
-        self, repo: ConversationRepository, owner: str, now: datetime
+    def new_conversation(
+        self, repo: ConversationRepository, owner: str, now: datetime, *, keep: bool = True
     ) -> tuple[uuid.UUID, list[Any]]:
-        """A conversation with its root node and system node, as ChatGPT makes them."""
+        """A conversation with its root node and system node, as ChatGPT makes them (written
+        unless `keep` is False); its id and those two nodes."""
         conversation_id, root, system = uuid.uuid4(), _Node(uuid.uuid4(), None, ""), _Node(
             uuid.uuid4(), "system", self._system_prompt
         )
+        if not keep:
+            return conversation_id, [root, system]
         repo.add_conversation(
             id=conversation_id,
             owner=owner,
@@ -271,7 +315,8 @@ class AskService:
                 answer.finish_details = "interrupted"
             if answer.stored or answer.text or finished:
                 self._estimate_usage(turn, answer)
-                self._save_answer(turn, answer, FINISHED if finished else INTERRUPTED)
+                if turn.store:
+                    self._save_answer(turn, answer, FINISHED if finished else INTERRUPTED)
                 self._metrics.observe_tokens(provider.name, answer.prompt_tokens, answer.completion_tokens)
         if not finished:
             unfinished = UpstreamError(
@@ -313,6 +358,7 @@ class AskService:
                 "upstream_id": answer.upstream_message_id,
                 "prompt_tokens": answer.prompt_tokens,
                 "completion_tokens": answer.completion_tokens,
+                "response_fields": turn.record,
             }
             if answer.upstream_message_id:  # the upstream keeps messages under our ids
                 repo.update_message(turn.user_message_id, upstream_id=turn.request.user_message_id)

@@ -25,6 +25,22 @@ class ChatMessage:
 
 
 @dataclass(frozen=True)
+class Sampling:
+    """How the upstream should write this answer, where the caller said (None: its default)."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    """At most this many tokens of answer."""
+    user: str | None = None
+    """The caller's end user, passed on for the upstream's abuse monitoring."""
+
+    def given(self) -> dict[str, float | int | str]:
+        """The fields the caller set, by their Chat Completions names."""
+        return {name: value for name, value in vars(self).items() if value is not None}
+
+
+@dataclass(frozen=True)
 class ReplyRequest:
     """What the service asks a provider to answer."""
 
@@ -36,6 +52,7 @@ class ReplyRequest:
     upstream_conversation_id: str | None = None
     upstream_parent_id: str | None = None
     """Upstream id of the new user message's parent, when the upstream keeps one."""
+    sampling: Sampling = Sampling()
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,7 @@ class OpenAIProvider:
                 messages=messages,  # type: ignore[arg-type]
                 stream=True,
                 stream_options={"include_usage": True},
+                **request.sampling.given(),  # type: ignore[arg-type]
             ) as response:
                 yield from reply_chunks(response.iter_lines())
         except openai.APIError as error:
