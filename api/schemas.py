@@ -8,16 +8,17 @@ is thousands of them) and give the document their schema; each route's envelope
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, Self
 from uuid import UUID
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
-    StrictInt,
     StrictStr,
     model_validator,
     with_config,
@@ -32,19 +33,37 @@ MAX_OFFSET = 1_000_000_000
 """Far past any real list, and far inside every database's integer range."""
 
 
+WHITE_SPACE = r"\t-\r\x1c- \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+"""The characters Python's `str.isspace` counts, as a regular-expression class that reads the
+same in Python, ECMAScript (JSON Schema) and Rust, so the schema and the server agree."""
+NOT_BLANK_PATTERN = rf"^[^\x00]*[^\x00{WHITE_SPACE}][^\x00]*$"
+_VISIBLE = re.compile(rf"[^{WHITE_SPACE}]")
+
+
 def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty or only white space")
     if "\x00" in value:  # PostgreSQL cannot keep it in text: refused on every database alike
         raise ValueError("must not contain NUL characters (\\u0000)")
+    if not _VISIBLE.search(value):
+        raise ValueError("must not be empty or only white space")
     return value
 
 
 NonBlank = Annotated[
     StrictStr,
     AfterValidator(_not_blank),
-    Field(json_schema_extra={"pattern": "^[^\\u0000]*\\S[^\\u0000]*$"}),
+    Field(json_schema_extra={"pattern": NOT_BLANK_PATTERN}),
 ]
+
+
+def _whole_number(value: object) -> object:
+    """JSON has one number type, and JSON Schema counts 16.0 as the integer 16: so does the
+    service. 2.5, "16" and true stay errors."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+WHOLE_NUMBER = BeforeValidator(_whole_number)
 UUIDText = Annotated[str, Field(json_schema_extra={"format": "uuid"})]
 Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 
@@ -57,8 +76,20 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
+def _given(name: str) -> dict[str, Any]:
+    """JSON Schema for "`name` is there and not null"."""
+    return {"required": [name], "properties": {name: {"type": "string"}}}
+
+
+ONE_ALIAS = {"not": {"allOf": [_given("convo_id"), _given("conversation_id")]}}
+"""Not both names at once. (The service also takes both when they name the same conversation,
+which the schema cannot say; clients send one.)"""
+
+
 class ConversationRef(Body):
     """`convo_id` (the original name) or its alias `conversation_id`; both must agree."""
+
+    model_config = ConfigDict(json_schema_extra=ONE_ALIAS)
 
     convo_id: UUID | None = None
     conversation_id: UUID | None = None
@@ -78,7 +109,7 @@ class RequiredConversationRef(ConversationRef):
     """`convo_id` (or its alias `conversation_id`) is required."""
 
     model_config = ConfigDict(
-        json_schema_extra={"anyOf": [{"required": ["convo_id"]}, {"required": ["conversation_id"]}]}
+        json_schema_extra={"anyOf": [_given("convo_id"), _given("conversation_id")], **ONE_ALIAS}
     )
 
     @property
@@ -97,6 +128,13 @@ class AskBody(ConversationRef):
     """Without `convo_id` a new conversation; with it, continue from its current node, or from
     `parent_id` (a branch). `parent_id` needs `convo_id`."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [{"properties": {"parent_id": {"type": "null"}}}, _given("convo_id"), _given("conversation_id")],
+            **ONE_ALIAS,
+        }
+    )
+
     prompt: NonBlank
     parent_id: UUID | None = None
     model: Annotated[NonBlank, Field(max_length=128)] | None = None
@@ -110,8 +148,8 @@ class AskBody(ConversationRef):
 
 
 class ListBody(Body):
-    offset: Annotated[StrictInt, Field(ge=0, le=MAX_OFFSET)] = 0
-    limit: Annotated[StrictInt, Field(ge=1, le=100)] = 20
+    offset: Annotated[int, Field(strict=True, ge=0, le=MAX_OFFSET), WHOLE_NUMBER] = 0
+    limit: Annotated[int, Field(strict=True, ge=1, le=100), WHOLE_NUMBER] = 20
     after: UUID | None = Field(default=None, description="The last id of the previous page (keyset paging).")
 
 
@@ -180,22 +218,71 @@ def summary_payload(summary: ConversationSummary) -> SummaryPayload:
     }
 
 
+def _json_text(schema: str) -> dict[str, Any]:
+    """A string holding a JSON document of the named component schema."""
+    return {
+        "type": "string",
+        "contentMediaType": "application/json",
+        "contentSchema": {"$ref": f"#/components/schemas/{schema}"},
+    }
+
+
+ANSWER_STREAM_EVENT: dict[str, Any] = {
+    "description": "With `stream: true`, each server-sent event: `data: <AnswerEvent>` as the answer "
+    "grows, then `data: [DONE]`; a failure after the answer began is `event: error` with "
+    "`data: <ErrorResponse>`, then `data: [DONE]`. Comments (`: keep-alive`) fill silences.",
+    "type": "object",
+    "required": ["data"],
+    "properties": {"event": {"enum": ["message", "error"]}, "data": {"type": "string"}},
+    "if": {"required": ["event"], "properties": {"event": {"const": "error"}}},
+    "then": {"properties": {"data": _json_text("ErrorResponse")}},
+    "else": {
+        "if": {"properties": {"data": {"const": "[DONE]"}}},
+        "else": {"properties": {"data": _json_text("AnswerEvent")}},
+    },
+}
+"""OpenAPI 3.1 has no word for event streams; as in OpenAPI 3.2's `itemSchema`, the schema
+describes one event (its `event` and `data` fields; an event without `event:` is a `message`)."""
+
+_ANSWER = "$response.body#/response"
+CONVERSATION_LINKS: dict[str, Any] = {
+    "continue": {
+        "operationRef": "#/paths/~1api~1chat~1ask/post",
+        "requestBody": {
+            "prompt": "And then?",
+            "convo_id": f"{_ANSWER}/conversation_id",
+            "parent_id": f"{_ANSWER}/parent_id",
+        },
+        "description": "Continue from this answer (or, with another `parent_id`, branch).",
+    },
+    "history": {
+        "operationRef": "#/paths/~1api~1chat~1msg~1history/post",
+        "requestBody": {"convo_id": f"{_ANSWER}/conversation_id"},
+    },
+    "rename": {
+        "operationRef": "#/paths/~1api~1chat~1change~1title/post",
+        "requestBody": {"convo_id": f"{_ANSWER}/conversation_id", "title": "Renamed"},
+    },
+    "delete": {
+        "operationRef": "#/paths/~1api~1chat~1delete~1conversation/post",
+        "requestBody": {"convo_id": f"{_ANSWER}/conversation_id"},
+    },
+    "list_after": {
+        "operationRef": "#/paths/~1api~1chat~1conversation/post",
+        "requestBody": {"after": f"{_ANSWER}/conversation_id"},
+        "description": "The conversations listed after this one (keyset paging).",
+    },
+}
+"""Where an answer's ids lead (OpenAPI links; Schemathesis follows them in its stateful phase)."""
+
+
 class AnswerResponse(BaseModel):
     response: AnswerPayload
 
     model_config = ConfigDict(
         openapi_extra={  # type: ignore[typeddict-unknown-key]  # read by flask-openapi3
-            "content": {
-                "text/event-stream": {
-                    "schema": {
-                        "type": "string",
-                        "description": "With `stream: true`: `data: {AnswerEvent as JSON}` per event, "
-                        "then `data: [DONE]`.",
-                        "contentMediaType": "application/json",
-                        "contentSchema": {"$ref": "#/components/schemas/AnswerEvent"},
-                    }
-                }
-            }
+            "content": {"text/event-stream": {"schema": ANSWER_STREAM_EVENT}},
+            "links": CONVERSATION_LINKS,
         }
     )
 

@@ -16,7 +16,7 @@ from typing_extensions import NotRequired, TypedDict
 from models.entities import Conversation, Message
 
 
-class Usage(TypedDict):
+class TokenUsage(TypedDict):
     """Tokens of an answer: the upstream's count, or estimated with a tokenizer when it gave none."""
 
     prompt_tokens: int | None
@@ -28,7 +28,7 @@ class Usage(TypedDict):
 class MessageMetadata(TypedDict):
     model_slug: NotRequired[str | None]
     finish_details: NotRequired[dict[str, Any] | None]
-    usage: NotRequired[Usage]
+    usage: NotRequired[TokenUsage]
     timestamp_: NotRequired[str]
 
 
@@ -108,7 +108,7 @@ def message_document(message: Message, node_id: str | None = None) -> MessageDoc
     }
 
 
-def usage_document(prompt: int | None, completion: int | None) -> Usage:
+def usage_document(prompt: int | None, completion: int | None) -> TokenUsage:
     """Token usage in the OpenAI API's `usage` shape."""
     total = prompt + completion if prompt is not None and completion is not None else None
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}

@@ -10,6 +10,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
+from api.schemas import MAX_OFFSET
 from services.unit_of_work import UnitOfWork
 from fakes.openai_upstream import FakeOpenAI, Reply
 from models.entities import Conversation, Message
@@ -97,11 +98,27 @@ def test_list_ignores_unknown_keys(client: FlaskClient) -> None:
         ({"limit": 2.5}, "limit"),
         ({"offset": -1}, "offset"),
         ({"offset": None}, "offset"),
+        ({"offset": MAX_OFFSET + 1}, "offset"),
+        ({"offset": 2**63}, "offset"),
+        ({"offset": 2**64 + 1}, "offset"),
+        ({"limit": 2**63}, "limit"),
+        ({"limit": 1e300}, "limit"),
         ({"after": "nope"}, "after"),
     ],
 )
 def test_bad_paging_is_a_400_naming_the_field(client: FlaskClient, body: dict, field: str) -> None:
     assert error_of(post(client, "conversation", body), 400)["message"].startswith(f"{field}:")
+
+
+def test_the_largest_offset_is_within_every_databases_range(client: FlaskClient) -> None:
+    ask(client, "x")
+    assert listing(client, offset=MAX_OFFSET) == []
+
+
+def test_whole_numbers_written_with_a_decimal_point_are_numbers(client: FlaskClient) -> None:
+    """JSON has one number type, and JSON Schema counts 16.0 as an integer: so does the service."""
+    ids = [ask(client, f"q{i}")["conversation_id"] for i in range(3)]
+    assert [c["id"] for c in listing(client, limit=2.0, offset=1.0)] == ids[::-1][1:3]
 
 
 # -- history ------------------------------------------------------------------------
