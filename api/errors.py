@@ -88,11 +88,19 @@ def service_error_response(error: ServiceError) -> Response:
     return response
 
 
+def field_name(loc: tuple[int | str, ...]) -> str:
+    """A field's location as OpenAI names a parameter: `input[0].content`."""
+    name = ""
+    for part in loc:
+        name += f"[{part}]" if isinstance(part, int) else f".{part}" if name else part
+    return name
+
+
 def first_field(error: ValidationError) -> str | None:
-    """The dotted name of the first field a validation error is about (None for the whole body)."""
+    """The name of the first field a validation error is about (None for the whole body)."""
     for item in error.errors(include_url=False):
         if item["loc"]:
-            return ".".join(str(part) for part in item["loc"])
+            return field_name(item["loc"])
     return None
 
 
@@ -100,9 +108,11 @@ def validation_message(error: ValidationError) -> str:
     """Name the offending field(s): `limit: Input should be less than or equal to 100`."""
     parts = []
     for item in error.errors(include_url=False):
-        field = ".".join(str(part) for part in item["loc"])
+        field = field_name(item["loc"])
         message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "json_invalid":
+        if item["type"] == "extra_forbidden":
+            message = "not supported by this service (leave it out)"
+        elif item["type"] == "json_invalid":
             message = f"The body is not valid JSON ({message.removeprefix('Invalid JSON: ')})."
         elif item["type"] == "model_type":
             message = "The body must be a JSON object."

@@ -6,7 +6,7 @@ import json
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from flask import Response
 from prometheus_client import Gauge
@@ -82,12 +82,40 @@ def error_text(error: BaseException) -> str:
     )
 
 
+class Writer(Protocol):
+    """How a streamed answer is written as server-sent events."""
+
+    def event(self, event: AnswerEvent) -> str: ...
+
+    def error(self, error: BaseException) -> str:
+        """The answer broke off after the stream began."""
+        ...
+
+    def end(self) -> str:
+        """After the last event, or after the error."""
+        ...
+
+
+class AskWriter:
+    """`ask`'s stream: `data: <AnswerEvent>` per event, an `event: error` if it breaks off, `data: [DONE]`."""
+
+    def event(self, event: AnswerEvent) -> str:
+        return event_text(event)
+
+    def error(self, error: BaseException) -> str:
+        return error_text(error)
+
+    def end(self) -> str:
+        return DONE
+
+
 def stream_response(
-    events: Iterator[AnswerEvent], keep_alive: float, timing: Callable[[float], str]
+    events: Iterator[AnswerEvent], keep_alive: float, timing: Callable[[float], str], writer: Writer | None = None
 ) -> Response:
     """Wait briefly for the first event, so an early failure still gets its HTTP status.
 
-    `timing(upstream_seconds)` makes the Server-Timing header, measured to the first event.
+    `timing(upstream_seconds)` makes the Server-Timing header, measured to the first event;
+    `writer` says how events are written (`ask`'s way by default).
     """
     pump = EventPump(events)
     first = pump.get(keep_alive)
@@ -98,19 +126,19 @@ def stream_response(
     upstream = first.answer.upstream_seconds if first is not None else keep_alive
     open_streams = services().metrics.open_streams
     return Response(
-        _lines(pump, first, keep_alive, open_streams),
+        _lines(pump, first, keep_alive, open_streams, writer or AskWriter()),
         mimetype="text/event-stream",
         headers={**HEADERS, "Server-Timing": timing(upstream)},
     )
 
 
 def _lines(
-    pump: EventPump, first: AnswerEvent | None, keep_alive: float, open_streams: Gauge
+    pump: EventPump, first: AnswerEvent | None, keep_alive: float, open_streams: Gauge, writer: Writer
 ) -> Iterator[str]:
     """The response body: events as they come, an error event if the answer breaks off."""
     open_streams.inc()
     try:
-        yield event_text(first) if first is not None else KEEP_ALIVE
+        yield writer.event(first) if first is not None else KEEP_ALIVE
         while True:
             item = pump.get(keep_alive)
             if item is None:
@@ -118,11 +146,11 @@ def _lines(
             elif isinstance(item, _End):
                 break
             elif isinstance(item, BaseException):
-                yield error_text(item)
+                yield writer.error(item)
                 break
             else:
-                yield event_text(item)
-        yield DONE
+                yield writer.event(item)
+        yield writer.end()
     finally:
         open_streams.dec()
         pump.close()

@@ -222,3 +222,51 @@ class ConversationRepository:
             .execution_options(yield_per=500)
         )
         return iter(self.session.execute(query))
+
+    # -- /v1: single messages, metadata ------------------------------------------
+
+    def add_chain(
+        self,
+        conversation_id: uuid.UUID,
+        parent_id: uuid.UUID | None,
+        messages: Sequence[tuple[uuid.UUID, str, str]],
+        **values: Any,
+    ) -> None:
+        """Messages `(id, role, content)`, each under the one before it, the first under `parent_id`."""
+        rows = []
+        for message_id, role, content in messages:
+            rows.append({"id": message_id, "parent_id": parent_id, "role": role, "content": content, **values})
+            parent_id = message_id
+        if rows:
+            self.session.execute(insert(Message), [{**row, "conversation_id": conversation_id} for row in rows])
+
+    def owned_message(self, owner: str, message_id: uuid.UUID) -> Row[Any] | None:
+        """A message of one of `owner`'s conversations, with that conversation's `current_node_id`."""
+        return self.session.execute(
+            select(*MESSAGE_COLUMNS, Conversation.current_node_id)
+            .join(Conversation, Conversation.id == Message.conversation_id)
+            .where(Message.id == message_id, Conversation.owner == owner)
+        ).first()
+
+    def messages_by_id(self, conversation_id: uuid.UUID, ids: Sequence[uuid.UUID]) -> Sequence[Row[Any]]:
+        """Those of `ids` that are messages of the conversation, in no particular order."""
+        return self.session.execute(
+            select(*MESSAGE_COLUMNS).where(Message.conversation_id == conversation_id, Message.id.in_(ids))
+        ).all()
+
+    def delete_message(self, message_id: uuid.UUID) -> None:
+        """A message and every message below it."""
+        self.session.execute(delete(Message).where(Message.id == message_id))
+
+    def splice_out(self, message_id: uuid.UUID, parent_id: uuid.UUID | None) -> None:
+        """Take one message out of its tree; its children move up to its parent."""
+        self.session.execute(update(Message).where(Message.parent_id == message_id).values(parent_id=parent_id))
+        self.session.execute(delete(Message).where(Message.id == message_id))
+
+    def set_metadata(self, owner: str, conversation_id: uuid.UUID, metadata: dict[str, str]) -> bool:
+        updated = self.session.execute(
+            update(Conversation)
+            .where(Conversation.id == conversation_id, Conversation.owner == owner)
+            .values(metadata_=metadata)
+        )
+        return bool(updated.rowcount)  # type: ignore[attr-defined]

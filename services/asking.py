@@ -229,16 +229,8 @@ class AskService:
                     raise ParentNotFound(f"Message {parent_id} is not part of conversation {conversation_id}.")
                 title, upstream_id = found.title, found.upstream_id
             if question.store:
-                for parent, message in zip([path[-1], *said], said):
-                    repo.add_message(
-                        id=message.id,
-                        conversation_id=conversation_id,
-                        parent_id=parent.id,
-                        role=message.role,
-                        content=message.content,
-                        status=FINISHED,
-                        created_at=now,
-                    )
+                chain = [(message.id, message.role, message.content) for message in said]
+                repo.add_chain(conversation_id, path[-1].id, chain, status=FINISHED, created_at=now)
                 uow.commit()
         path.extend(_Node(message.id, message.role, message.content) for message in said)
         messages = _context(path)

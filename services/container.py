@@ -11,8 +11,10 @@ from services.api_keys import KeyRing
 from services.asking import AskService
 from services.conversations import ConversationService
 from services.errors import UpstreamNotConfigured
+from services.items import ConversationItems
 from services.metrics import Metrics
 from services.providers import build_provider
+from services.responses import ResponseService
 from services.stream_slots import StreamSlots, build_slots
 from services.titles import TitleWriter
 
@@ -29,6 +31,8 @@ class Services:
     conversations: ConversationService
     titles: TitleWriter
     slots: StreamSlots
+    responses: ResponseService
+    items: ConversationItems
 
     def close(self) -> None:
         """Let background work finish, then close the database's connections."""
@@ -53,21 +57,25 @@ def build_services(settings: Settings) -> Services:
         log.warning("%s 'ask' answers 503 until then.", reason)
     metrics = Metrics()
     titles = TitleWriter(database, provider, enabled=settings.generate_titles)
+    asking = AskService(
+        database,
+        provider,
+        metrics=metrics,
+        titles=titles,
+        unconfigured_reason=reason,
+        system_prompt=settings.system_prompt,
+        max_prompt_chars=settings.max_prompt_chars,
+    )
+    conversations = ConversationService(database, provider)
     return Services(
         settings=settings,
         database=database,
         metrics=metrics,
         keys=KeyRing(database, settings.auth_cache_seconds),
-        asking=AskService(
-            database,
-            provider,
-            metrics=metrics,
-            titles=titles,
-            unconfigured_reason=reason,
-            system_prompt=settings.system_prompt,
-            max_prompt_chars=settings.max_prompt_chars,
-        ),
-        conversations=ConversationService(database, provider),
+        asking=asking,
+        conversations=conversations,
         titles=titles,
         slots=build_slots(settings.max_streams_per_key, settings.redis_url, settings.redis_key_prefix),
+        responses=ResponseService(database, asking, one_message_upstream=settings.llm_provider == "chatgpt"),
+        items=ConversationItems(database, asking, conversations),
     )

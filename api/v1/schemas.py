@@ -1,0 +1,611 @@
+"""The shapes of the OpenAI-compatible surface (`/v1`), declared once.
+
+Request models forbid unknown fields: a field the service does not implement is a 400
+naming it in `param`, never accepted and ignored. A few of OpenAI's fields are accepted
+when their value asks for what the service does anyway (`tools: []`, `background: false`,
+`text: {"format": {"type": "text"}}`, ...). Answers are TypedDicts in OpenAI's shapes;
+where this file is silent, OpenAI's API reference and the `openai` SDK's types decide.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    RootModel,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidatorFunctionWrapHandler,
+    WithJsonSchema,
+    field_validator,
+)
+from typing_extensions import TypedDict
+
+from api.schemas import NonBlank
+from services import ids
+from services.asking import Said
+from services.items import ConversationView, ItemView, Page
+from services.providers.base import Sampling
+from services.responses import NewResponse, ResponseView
+
+MAX_ITEMS = 20
+"""Items one request may add to a conversation, as OpenAI allows."""
+
+# -- ids ----------------------------------------------------------------------
+
+
+def _parser(prefix: str, what: str) -> BeforeValidator:
+    """Read a `<prefix><32 hex>` id (or the bare UUID) as the UUID it names."""
+
+    def parse(value: object) -> uuid.UUID:
+        found = ids.decode(value, prefix) if isinstance(value, str) else None
+        if found is None:
+            raise ValueError(f"not a {what} id: expected {prefix} and 32 hex digits, or a UUID")
+        return found
+
+    return BeforeValidator(parse)
+
+
+def _id_schema(prefix: str) -> WithJsonSchema:
+    return WithJsonSchema({"type": "string", "pattern": ids.pattern(prefix)})
+
+
+ConversationId = Annotated[uuid.UUID, _parser(ids.CONVERSATION, "conversation"), _id_schema(ids.CONVERSATION)]
+ResponseId = Annotated[uuid.UUID, _parser(ids.RESPONSE, "response"), _id_schema(ids.RESPONSE)]
+ItemId = Annotated[uuid.UUID, _parser(ids.MESSAGE, "message item"), _id_schema(ids.MESSAGE)]
+
+# -- requests -----------------------------------------------------------------
+
+
+class V1Model(BaseModel):
+    """Unknown fields are refused (400 naming the field)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _metadata(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > 16:
+        raise ValueError(f"at most 16 key-value pairs; this has {len(value)}")
+    for key, text in value.items():
+        if len(key) > 64:
+            raise ValueError(f"keys of at most 64 characters; {key[:20]!r}... has {len(key)}")
+        if len(text) > 512:
+            raise ValueError(f"values of at most 512 characters; the value of {key!r} has {len(text)}")
+    return value
+
+
+Metadata = Annotated[
+    dict[str, StrictStr],
+    AfterValidator(_metadata),
+    Field(
+        description="Up to 16 pairs; keys of at most 64 characters, string values of at most 512.",
+        json_schema_extra={
+            "maxProperties": 16,
+            "propertyNames": {"maxLength": 64},
+            "additionalProperties": {"type": "string", "maxLength": 512},
+        },
+    ),
+]
+
+
+def only(*neutral: Any, why: str) -> AfterValidator:
+    """For a field of OpenAI's the service does not implement: accepted only with a value that
+    asks for what it does anyway (`neutral`), otherwise a 400 naming it."""
+
+    def check(value: Any) -> Any:
+        if value not in neutral:
+            shown = " or ".join(json.dumps(v) for v in neutral)
+            raise ValueError(f"not supported: {why} (only {shown} is accepted)")
+        return value
+
+    return AfterValidator(check)
+
+
+def _by_json_type(value: Any, shapes: dict[type, TypeAdapter[Any]], expected: str) -> Any:
+    """Validate `value` as the member of a union its JSON type picks, so an error is located
+    inside that member (pydantic's own union errors name every member)."""
+    for json_type, adapter in shapes.items():
+        if isinstance(value, json_type):
+            return adapter.validate_python(value)
+    raise ValueError(f"must be {expected}")
+
+
+class TextPart(V1Model):
+    """Text content. Other parts (images, files, audio) are not supported."""
+
+    type: Literal["input_text", "output_text"]
+    text: StrictStr
+    annotations: list[Any] | None = Field(default=None, description="An earlier answer's annotations, as sent back.")
+    logprobs: list[Any] | None = Field(default=None, description="An earlier answer's logprobs, as sent back.")
+
+
+_TEXT: TypeAdapter[str] = TypeAdapter(NonBlank)
+_PARTS = TypeAdapter(list[TextPart])
+
+
+class MessageItem(V1Model):
+    """A message as input: `{"role", "content"}`, content a string or text parts. Its text is
+    stored as one message (parts joined by a line break)."""
+
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system", "developer"]
+    content: NonBlank | list[TextPart]
+    id: StrictStr | None = Field(default=None, description="An earlier output item sent back; stored anew.")
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+    @field_validator("content", mode="wrap")
+    @classmethod
+    def _content(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        content = _by_json_type(value, {str: _TEXT, list: _PARTS}, "a string or a list of text parts")
+        if isinstance(content, list):
+            _TEXT.validate_python(_joined(content))
+        return content
+
+    def said(self) -> Said:
+        return Said(self.role, self.content if isinstance(self.content, str) else _joined(self.content))
+
+
+def _joined(parts: list[TextPart]) -> str:
+    return "\n".join(part.text for part in parts)
+
+
+_ITEMS = TypeAdapter(list[MessageItem])
+_AT_MOST_20 = TypeAdapter(Annotated[list[MessageItem], Field(max_length=MAX_ITEMS)])
+_ONE_TO_20 = TypeAdapter(Annotated[list[MessageItem], Field(min_length=1, max_length=MAX_ITEMS)])
+
+
+class TextConfig(V1Model):
+    format: Annotated[Any, only(None, {"type": "text"}, why="answers are plain text")] = None
+    verbosity: Annotated[Any, only(None, why="the upstream's default verbosity is used")] = None
+
+
+class ConversationRefBody(V1Model):
+    id: ConversationId
+
+
+_CONVERSATION_ID: TypeAdapter[uuid.UUID] = TypeAdapter(ConversationId)
+_CONVERSATION_REF = TypeAdapter(ConversationRefBody)
+_CONVERSATION_SCHEMA = WithJsonSchema(
+    {
+        "anyOf": [
+            {"type": "string", "pattern": ids.pattern(ids.CONVERSATION)},
+            ConversationRefBody.model_json_schema(),
+            {"type": "null"},
+        ]
+    }
+)
+
+
+class ResponseCreateBody(V1Model):
+    """`POST /v1/responses`. Without `previous_response_id` or `conversation`, a new conversation."""
+
+    model: Annotated[NonBlank, Field(max_length=128)] | None = None
+    input: NonBlank | list[MessageItem] | None = Field(
+        default=None, description="A user message as a string, or message items (stored in order)."
+    )
+    instructions: NonBlank | None = Field(
+        default=None, description="A system message sent first for this response only, not carried on."
+    )
+    previous_response_id: ResponseId | None = Field(
+        default=None, description="Continue from that response; a second one from the same is a branch."
+    )
+    conversation: Annotated[uuid.UUID | None, _CONVERSATION_SCHEMA] = Field(
+        default=None,
+        description='`"conv_..."` or `{"id": "conv_..."}`: append at its current node, and move it.',
+    )
+    store: StrictBool | None = Field(default=True, description="false: answer, and keep nothing.")
+    stream: StrictBool | None = False
+    metadata: Metadata | None = None
+    temperature: Annotated[StrictFloat, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[StrictFloat, Field(ge=0, le=1)] | None = None
+    max_output_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    user: Annotated[StrictStr, Field(max_length=256)] | None = None
+    tools: Annotated[Any, only(None, [], why="no tools are run")] = None
+    tool_choice: Annotated[Any, only(None, "none", "auto", why="no tools are run")] = None
+    parallel_tool_calls: Annotated[Any, only(None, True, False, why="no tools are run")] = None
+    text: TextConfig | None = None
+    reasoning: Annotated[Any, only(None, {}, why="reasoning settings are not passed upstream")] = None
+    background: Annotated[Any, only(None, False, why="responses are answered while the request waits")] = None
+    include: Annotated[Any, only(None, [], why="there is nothing more to include")] = None
+    truncation: Annotated[Any, only(None, "disabled", why="the context is never cut short")] = None
+    service_tier: Annotated[Any, only(None, "auto", "default", why="the upstream's tier is not chosen here")] = None
+    top_logprobs: Annotated[Any, only(None, 0, why="logprobs are not returned")] = None
+    stream_options: Annotated[Any, only(None, {}, {"include_obfuscation": False}, why="streams are not obfuscated")] = None
+
+    @field_validator("input", mode="wrap")
+    @classmethod
+    def _input(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        if value is None:
+            return None
+        return _by_json_type(value, {str: _TEXT, list: _ITEMS}, "a string or a list of message items")
+
+    @field_validator("conversation", mode="wrap")
+    @classmethod
+    def _conversation(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, dict):
+            return _CONVERSATION_REF.validate_python(value).id
+        return _by_json_type(value, {str: _CONVERSATION_ID}, 'a conversation id or {"id": ...}')
+
+    def new_response(self) -> NewResponse:
+        """The request as the service takes it."""
+        if isinstance(self.input, str):
+            inputs: tuple[Said, ...] = (Said("user", self.input),)
+        else:
+            inputs = tuple(item.said() for item in self.input or ())
+        return NewResponse(
+            inputs=inputs,
+            model=self.model,
+            conversation_id=self.conversation,
+            previous_response_id=self.previous_response_id,
+            instructions=self.instructions,
+            metadata=self.metadata or {},
+            sampling=Sampling(
+                temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_output_tokens, user=self.user
+            ),
+            store=self.store is not False,
+        )
+
+
+class ResponsePath(V1Model):
+    response_id: ResponseId
+
+
+class RetrieveQuery(V1Model):
+    include: Annotated[Any, only(None, why="there is nothing more to include")] = None
+    stream: Annotated[Any, only(None, "false", why="a stored response is read whole")] = None
+
+
+class ItemsQuery(V1Model):
+    """A page of items: `after` the id of the previous page's last item."""
+
+    after: ItemId | None = None
+    limit: Annotated[int, Field(ge=1, le=100)] = 20
+    order: Literal["asc", "desc"] = "desc"
+    include: Annotated[Any, only(None, why="there is nothing more to include")] = None
+
+
+class IncludeQuery(V1Model):
+    include: Annotated[Any, only(None, why="there is nothing more to include")] = None
+
+
+class ConversationCreateBody(V1Model):
+    items: Annotated[list[MessageItem], Field(max_length=MAX_ITEMS)] | None = Field(
+        default=None, description=f"At most {MAX_ITEMS} messages, stored in order."
+    )
+    metadata: Metadata | None = None
+
+    @field_validator("items", mode="wrap")
+    @classmethod
+    def _items(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        return None if value is None else _by_json_type(value, {list: _AT_MOST_20}, "a list of message items")
+
+
+class ConversationUpdateBody(V1Model):
+    metadata: Metadata | None = Field(description="Replaces the conversation's metadata (null clears it).")
+
+
+class ItemsCreateBody(V1Model):
+    items: Annotated[list[MessageItem], Field(min_length=1, max_length=MAX_ITEMS)]
+
+    @field_validator("items", mode="wrap")
+    @classmethod
+    def _items(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        return _by_json_type(value, {list: _ONE_TO_20}, "a list of message items")
+
+
+class ConversationPath(V1Model):
+    conversation_id: ConversationId
+
+
+class ItemPath(V1Model):
+    conversation_id: ConversationId
+    item_id: ItemId
+
+
+class ConversationListQuery(V1Model):
+    """Newest activity first; `after` the id of the previous page's last conversation."""
+
+    after: ConversationId | None = None
+    limit: Annotated[int, Field(ge=1, le=100)] = 20
+
+
+# -- answers --------------------------------------------------------------------
+
+
+class OutputText(TypedDict):
+    type: Literal["output_text"]
+    text: str
+    annotations: list[Any]
+    logprobs: list[Any]
+
+
+class InputText(TypedDict):
+    type: Literal["input_text"]
+    text: str
+
+
+class MessagePayload(TypedDict):
+    """A message item: an answer's content is `output_text`, anything else's `input_text`."""
+
+    type: Literal["message"]
+    id: str
+    status: Literal["in_progress", "completed", "incomplete"]
+    role: Literal["user", "assistant", "system", "developer"]
+    content: list[OutputText | InputText]
+
+
+class InputTokensDetails(TypedDict):
+    cached_tokens: int
+
+
+class OutputTokensDetails(TypedDict):
+    reasoning_tokens: int
+
+
+class Usage(TypedDict):
+    input_tokens: int
+    input_tokens_details: InputTokensDetails
+    output_tokens: int
+    output_tokens_details: OutputTokensDetails
+    total_tokens: int
+
+
+class ResponseErrorPayload(TypedDict):
+    code: str
+    message: str
+
+
+class IncompleteDetails(TypedDict):
+    reason: str | None
+
+
+class ConversationLink(TypedDict):
+    id: str
+
+
+class TextFormat(TypedDict):
+    type: Literal["text"]
+
+
+class TextSettings(TypedDict):
+    format: TextFormat
+
+
+class ResponsePayload(TypedDict):
+    """OpenAI's Response object."""
+
+    id: str
+    object: Literal["response"]
+    created_at: int
+    status: Literal["completed", "incomplete", "in_progress", "failed"]
+    completed_at: int | None
+    error: ResponseErrorPayload | None
+    incomplete_details: IncompleteDetails | None
+    instructions: str | None
+    max_output_tokens: int | None
+    metadata: dict[str, str]
+    model: str
+    output: list[MessagePayload]
+    parallel_tool_calls: bool
+    previous_response_id: str | None
+    conversation: ConversationLink | None
+    store: bool
+    temperature: float | None
+    text: TextSettings
+    tool_choice: Literal["auto"]
+    tools: list[Any]
+    top_p: float | None
+    truncation: Literal["disabled"]
+    background: bool
+    usage: Usage | None
+    user: str | None
+
+
+class ResponseObject(RootModel[ResponsePayload]):
+    """A response, or with `stream: true` server-sent events (`event: <type>` and `data:`
+    lines): `response.created`, `response.in_progress`, `response.output_item.added`,
+    `response.content_part.added`, `response.output_text.delta`..., `response.output_text.done`,
+    `response.content_part.done`, `response.output_item.done`, then `response.completed`
+    (or `response.incomplete`, or `response.failed` when the upstream breaks off)."""
+
+    model_config = ConfigDict(
+        openapi_extra={  # type: ignore[typeddict-unknown-key]  # read by flask-openapi3
+            "content": {
+                "text/event-stream": {
+                    "schema": {"type": "string", "description": "With `stream: true`: the events above."}
+                }
+            }
+        },
+    )
+
+
+class ResponseDeleted(TypedDict):
+    id: str
+    object: Literal["response"]
+    deleted: Literal[True]
+
+
+class ItemList(TypedDict):
+    object: Literal["list"]
+    data: list[MessagePayload]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class ConversationPayload(TypedDict):
+    """OpenAI's Conversation object, with its `title` (beyond OpenAI)."""
+
+    id: str
+    object: Literal["conversation"]
+    created_at: int
+    metadata: dict[str, str]
+    title: str
+
+
+class ConversationList(TypedDict):
+    object: Literal["list"]
+    data: list[ConversationPayload]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class ConversationDeleted(TypedDict):
+    id: str
+    object: Literal["conversation.deleted"]
+    deleted: Literal[True]
+
+
+class ItemObject(RootModel[MessagePayload]):
+    pass
+
+
+class ItemListObject(RootModel[ItemList]):
+    pass
+
+
+class ResponseDeletedObject(RootModel[ResponseDeleted]):
+    pass
+
+
+class ConversationObject(RootModel[ConversationPayload]):
+    pass
+
+
+class ConversationListObject(RootModel[ConversationList]):
+    pass
+
+
+class ConversationDeletedObject(RootModel[ConversationDeleted]):
+    pass
+
+
+class OpenAIErrorDetail(TypedDict):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIError(BaseModel):
+    """Every /v1 error, as OpenAI's API answers, with the fitting status."""
+
+    error: OpenAIErrorDetail
+
+
+def errors(*statuses: int) -> dict[int, type[BaseModel]]:
+    return {status: OpenAIError for status in statuses}
+
+
+def _epoch(moment: datetime) -> int:
+    return int(moment.timestamp())
+
+
+def message_payload(item: ItemView) -> MessagePayload:
+    part: OutputText | InputText
+    if item.role == "assistant":
+        part = {"type": "output_text", "text": item.text, "annotations": [], "logprobs": []}
+    else:
+        part = {"type": "input_text", "text": item.text}
+    return {
+        "type": "message",
+        "id": ids.encode(ids.MESSAGE, item.id),
+        "status": item.status,  # type: ignore[typeddict-item]
+        "role": item.role,  # type: ignore[typeddict-item]
+        "content": [part],
+    }
+
+
+def output_item(view: ResponseView) -> MessagePayload:
+    """The response's one output item: its message, as far as it got."""
+    status = {"completed": "completed", "in_progress": "in_progress"}.get(view.status, "incomplete")
+    return message_payload(ItemView(view.id, "assistant", view.text, status))
+
+
+def response_payload(view: ResponseView, *, store: bool = True, with_output: bool = True) -> ResponsePayload:
+    """OpenAI's Response object; `with_output=False` for the stream's first events."""
+    fields = view.fields
+    done = view.status in ("completed", "incomplete")
+    return {
+        "id": ids.encode(ids.RESPONSE, view.id),
+        "object": "response",
+        "created_at": _epoch(view.created_at),
+        "status": view.status,  # type: ignore[typeddict-item]
+        "completed_at": _epoch(view.created_at) if view.status == "completed" else None,
+        "error": {"code": "server_error", "message": view.error} if view.error is not None else None,
+        "incomplete_details": {"reason": view.incomplete_reason} if view.status == "incomplete" else None,
+        "instructions": fields.instructions,
+        "max_output_tokens": fields.sampling.max_tokens,
+        "metadata": fields.metadata,
+        "model": view.model,
+        "output": [output_item(view)] if with_output else [],
+        "parallel_tool_calls": True,
+        "previous_response_id": fields.previous_response_id and ids.encode(ids.RESPONSE, fields.previous_response_id),
+        "conversation": {"id": ids.encode(ids.CONVERSATION, view.conversation_id)} if fields.in_conversation else None,
+        "store": store,
+        "temperature": fields.sampling.temperature,
+        "text": {"format": {"type": "text"}},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": fields.sampling.top_p,
+        "truncation": "disabled",
+        "background": False,
+        "usage": _usage(view) if done else None,
+        "user": fields.sampling.user,
+    }
+
+
+def _usage(view: ResponseView) -> Usage:
+    return {
+        "input_tokens": view.input_tokens,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": view.output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": view.input_tokens + view.output_tokens,
+    }
+
+
+def _listed(data: list[Any], has_more: bool) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
+
+
+def item_list(items: list[ItemView], has_more: bool = False) -> ItemList:
+    return _listed([message_payload(item) for item in items], has_more)  # type: ignore[return-value]
+
+
+def item_page(page: Page[ItemView]) -> ItemList:
+    return item_list(page.data, page.has_more)
+
+
+def conversation_payload(view: ConversationView) -> ConversationPayload:
+    return {
+        "id": ids.encode(ids.CONVERSATION, view.id),
+        "object": "conversation",
+        "created_at": _epoch(view.created_at),
+        "metadata": view.metadata,
+        "title": view.title,
+    }
+
+
+def conversation_page(page: Page[ConversationView]) -> ConversationList:
+    return _listed([conversation_payload(view) for view in page.data], page.has_more)  # type: ignore[return-value]

@@ -1,0 +1,75 @@
+"""Fixtures for driving `/v1` with the official `openai` SDK: the test's app served over real
+HTTP on loopback, and a client per API key."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import openai
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import func, select
+from werkzeug.serving import make_server
+
+from models.entities import Conversation, Message
+from services.api_keys import ApiKeys
+from services.unit_of_work import UnitOfWork
+from tests.helpers import history
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, object]:
+    return {"auth_cache_seconds": 0}  # a key made in the test works at once
+
+
+@pytest.fixture
+def base_url(app: Flask) -> Iterator[str]:
+    """The app on a real threaded WSGI server, for the SDK's own HTTP client."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.01}, name="v1-server", daemon=True
+    )
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/v1"
+    server.shutdown()
+    thread.join()
+
+
+@pytest.fixture
+def sdk_for(app: Flask, base_url: str) -> Callable[[str], openai.OpenAI]:
+    """`sdk_for(name)`: an SDK client with a new key of that name."""
+
+    def make(name: str) -> openai.OpenAI:
+        key = ApiKeys(app.services.database).create(name).key
+        return openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=10)
+
+    return make
+
+
+@pytest.fixture
+def sdk(sdk_for: Callable[[str], openai.OpenAI]) -> openai.OpenAI:
+    """A client with the key `alice`."""
+    return sdk_for("alice")
+
+
+def bare(prefixed: str) -> str:
+    """The UUID an OpenAI-style id names (`resp_<hex>` → `xxxxxxxx-xxxx-...`)."""
+    hex_digits = prefixed.rsplit("_", 1)[1]
+    return f"{hex_digits[:8]}-{hex_digits[8:12]}-{hex_digits[12:16]}-{hex_digits[16:20]}-{hex_digits[20:]}"
+
+
+def tree_of(client: FlaskClient, sdk: openai.OpenAI, conversation_id: str) -> dict[str, Any]:
+    """The conversation's whole tree through `/api/chat/msg/history`, as the SDK's key."""
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {sdk.api_key}"
+    return history(client, bare(conversation_id))
+
+
+def stored_rows(app: Flask) -> tuple[int, int]:
+    """How many conversations and messages are stored."""
+    with UnitOfWork(app.services.database) as uow:
+        conversations = uow.session.scalar(select(func.count()).select_from(Conversation))
+        messages = uow.session.scalar(select(func.count()).select_from(Message))
+    return conversations or 0, messages or 0
