@@ -29,6 +29,7 @@ from pydantic import (
     ValidatorFunctionWrapHandler,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 from typing_extensions import TypedDict
 
@@ -263,12 +264,23 @@ class ResponsePath(V1Model):
     response_id: ResponseId
 
 
-class RetrieveQuery(V1Model):
+class V1Query(V1Model):
+    """Query parameters; a list may come as `name[]=...` (the SDK writes them so)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _list_names(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {key.removesuffix("[]"): value for key, value in data.items()}
+        return data
+
+
+class RetrieveQuery(V1Query):
     include: Annotated[Any, only(None, why="there is nothing more to include")] = None
     stream: Annotated[Any, only(None, "false", why="a stored response is read whole")] = None
 
 
-class ItemsQuery(V1Model):
+class ItemsQuery(V1Query):
     """A page of items: `after` the id of the previous page's last item."""
 
     after: ItemId | None = None
@@ -277,7 +289,7 @@ class ItemsQuery(V1Model):
     include: Annotated[Any, only(None, why="there is nothing more to include")] = None
 
 
-class IncludeQuery(V1Model):
+class IncludeQuery(V1Query):
     include: Annotated[Any, only(None, why="there is nothing more to include")] = None
 
 
@@ -315,7 +327,7 @@ class ItemPath(V1Model):
     item_id: ItemId
 
 
-class ConversationListQuery(V1Model):
+class ConversationListQuery(V1Query):
     """Newest activity first; `after` the id of the previous page's last conversation."""
 
     after: ConversationId | None = None

@@ -1,0 +1,178 @@
+"""`/v1/conversations` and its items through the official `openai` SDK, on both databases:
+the same conversations the six routes list, read, rename and delete."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import openai
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from fakes.openai_upstream import FakeOpenAI
+from tests.helpers import ok, post
+from tests.openai_sdk import base_url, bare, sdk, sdk_for, settings_overrides, stored_rows, tree_of  # noqa: F401
+
+MODEL = "gpt-test"
+
+
+def texts(items: Any) -> list[str]:
+    return [item.content[0].text for item in items]
+
+
+def listed(sdk: openai.OpenAI, **query: Any) -> dict[str, Any]:
+    """`GET /v1/conversations` (beyond OpenAI: the SDK has no method for it)."""
+    return sdk.get("/conversations", cast_to=object, options={"params": query})  # type: ignore[return-value]
+
+
+def as_key(client: FlaskClient, sdk: openai.OpenAI) -> FlaskClient:
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {sdk.api_key}"
+    return client
+
+
+def test_create_with_items_and_metadata_then_read_and_relabel(sdk: openai.OpenAI, client: FlaskClient) -> None:
+    conversation = sdk.conversations.create(
+        items=[{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hello"}],
+        metadata={"project": "x"},
+    )
+    assert conversation.id.startswith("conv_") and conversation.object == "conversation"
+    assert conversation.metadata == {"project": "x"} and conversation.title == "New chat"  # type: ignore[attr-defined]
+    assert sdk.conversations.retrieve(conversation.id).model_dump() == conversation.model_dump()
+    updated = sdk.conversations.update(conversation.id, metadata={"project": "y", "stage": "2"})
+    assert updated.metadata == {"project": "y", "stage": "2"}
+    items = sdk.conversations.items.list(conversation.id)
+    assert texts(items.data) == ["Hello", "Be terse."] and not items.has_more
+    assert [item.role for item in items.data] == ["user", "system"]
+    assert items.first_id == items.data[0].id and items.last_id == items.data[1].id
+    tree = tree_of(client, sdk, conversation.id)
+    assert tree["current_node"] == bare(items.data[0].id)
+
+
+def test_items_are_the_current_branch_without_the_root_or_the_service_system_message(
+    sdk: openai.OpenAI, fake_upstream: FakeOpenAI
+) -> None:
+    first = sdk.responses.create(model=MODEL, input="One")
+    sdk.responses.create(model=MODEL, input="Two", previous_response_id=first.id)
+    branch = sdk.responses.create(model=MODEL, input="Other two", previous_response_id=first.id)
+    conversation = listed(sdk)["data"][0]["id"]
+    items = sdk.conversations.items.list(conversation, order="asc")
+    assert texts(items) == ["One", "Echo: One", "Other two", "Echo: Other two"]
+    assert items.data[-1].id == "msg_" + branch.id.removeprefix("resp_")
+    assert items.data[-1].content[0].type == "output_text" and items.data[0].content[0].type == "input_text"
+
+
+def test_items_page_with_after_and_the_sdk_follows_the_pages(sdk: openai.OpenAI) -> None:
+    conversation = sdk.conversations.create(items=[{"role": "user", "content": f"m{i}"} for i in range(5)])
+    page = sdk.conversations.items.list(conversation.id, limit=2)
+    assert texts(page.data) == ["m4", "m3"] and page.has_more
+    assert texts(page.get_next_page().data) == ["m2", "m1"]
+    assert texts(sdk.conversations.items.list(conversation.id, limit=2, order="asc")) == [f"m{i}" for i in range(5)]
+    last = sdk.conversations.items.list(conversation.id, limit=2, after=page.data[0].id, order="asc")
+    assert last.data == [] and not last.has_more
+
+
+def test_added_items_continue_the_branch_and_a_response_answers_them(
+    sdk: openai.OpenAI, fake_upstream: FakeOpenAI
+) -> None:
+    conversation = sdk.conversations.create()
+    added = sdk.conversations.items.create(
+        conversation.id, items=[{"role": "developer", "content": "Use French."}, {"role": "user", "content": "Hi"}]
+    )
+    assert texts(added.data) == ["Use French.", "Hi"]
+    response = sdk.responses.create(model=MODEL, conversation=conversation.id)
+    assert response.output_text == "Echo: Hi" and response.conversation.id == conversation.id
+    assert fake_upstream.requests[-1].body["messages"] == [
+        {"role": "system", "content": "Use French."},
+        {"role": "user", "content": "Hi"},
+    ]
+    assert list(sdk.responses.input_items.list(response.id)) == []
+    item = sdk.conversations.items.retrieve(added.data[1].id, conversation_id=conversation.id)
+    assert item.role == "user" and texts([item]) == ["Hi"]
+
+
+def test_a_removed_item_leaves_the_branch_and_its_children_move_up(sdk: openai.OpenAI, client: FlaskClient) -> None:
+    conversation = sdk.conversations.create(items=[{"role": "user", "content": t} for t in ("a", "b", "c")])
+    a, b, c = sdk.conversations.items.list(conversation.id, order="asc").data
+    answered = sdk.conversations.items.delete(b.id, conversation_id=conversation.id)
+    assert answered.id == conversation.id
+    assert texts(sdk.conversations.items.list(conversation.id, order="asc")) == ["a", "c"]
+    mapping = tree_of(client, sdk, conversation.id)["mapping"]
+    assert mapping[bare(c.id)]["parent"] == bare(a.id)
+    sdk.conversations.items.delete(c.id, conversation_id=conversation.id)
+    assert tree_of(client, sdk, conversation.id)["current_node"] == bare(a.id)
+    with pytest.raises(openai.NotFoundError):
+        sdk.conversations.items.retrieve(b.id, conversation_id=conversation.id)
+
+
+def test_the_caller_s_conversations_are_listed_newest_first_with_a_cursor(sdk: openai.OpenAI) -> None:
+    made = [sdk.conversations.create(metadata={"n": str(i)}).id for i in range(3)]
+    first = listed(sdk, limit=2)
+    assert [c["id"] for c in first["data"]] == made[::-1][:2] and first["has_more"]
+    assert first["last_id"] == made[1] and first["data"][0]["metadata"] == {"n": "2"}
+    rest = listed(sdk, limit=2, after=first["last_id"])
+    assert [c["id"] for c in rest["data"]] == [made[0]] and not rest["has_more"]
+
+
+def test_the_six_routes_and_v1_share_conversations(sdk: openai.OpenAI, client: FlaskClient) -> None:
+    as_key(client, sdk)
+    asked = ok(post(client, "ask", {"prompt": "From ask"}))
+    made = sdk.conversations.create(items=[{"role": "user", "content": "From v1"}])
+    from_ask = "conv_" + asked["conversation_id"].replace("-", "")
+    assert {c["id"] for c in listed(sdk)["data"]} == {from_ask, made.id}
+    assert texts(sdk.conversations.items.list(from_ask, order="asc")) == ["From ask", "Echo: From ask"]
+    assert {c["id"] for c in ok(post(client, "conversation"))} == {asked["conversation_id"], bare(made.id)}
+    ok(post(client, "change/title", {"convo_id": bare(made.id), "title": "Renamed"}))
+    assert sdk.conversations.retrieve(made.id).title == "Renamed"  # type: ignore[attr-defined]
+    deleted = sdk.conversations.delete(from_ask)
+    assert deleted.deleted and deleted.id == from_ask and deleted.object == "conversation.deleted"
+    assert post(client, "msg/history", {"convo_id": asked["conversation_id"]}).status_code == 404
+    with pytest.raises(openai.NotFoundError):
+        sdk.conversations.retrieve(from_ask)
+
+
+def test_limits_on_items_and_metadata_are_400_naming_the_field(sdk: openai.OpenAI, app: Flask) -> None:
+    conversation = sdk.conversations.create()
+    before = stored_rows(app)
+    cases: list[tuple[Callable[[], Any], str]] = [
+        (lambda: sdk.conversations.create(items=[{"role": "user", "content": "x"}] * 21), "items"),
+        (lambda: sdk.conversations.create(metadata={f"k{i}": "v" for i in range(17)}), "metadata"),
+        (lambda: sdk.conversations.create(metadata={"k" * 65: "v"}), "metadata"),
+        (lambda: sdk.conversations.update(conversation.id, metadata={"k": "v" * 513}), "metadata"),
+        (lambda: sdk.conversations.items.create(conversation.id, items=[]), "items"),
+        (lambda: sdk.conversations.items.create(conversation.id, items=[{"role": "tool", "content": "x"}]),
+         "items[0].role"),
+        (lambda: sdk.conversations.items.list(conversation.id, limit=101), "limit"),
+        (lambda: sdk.conversations.items.list(conversation.id, include=["message.output_text.logprobs"]), "include"),
+        (lambda: sdk.conversations.retrieve("conv_nothex"), "conversation_id"),
+        (lambda: sdk.conversations.items.retrieve("msg_x", conversation_id=conversation.id), "item_id"),
+    ]
+    for call, param in cases:
+        with pytest.raises(openai.BadRequestError) as raised:
+            call()
+        assert raised.value.body["param"] == param, raised.value.body  # type: ignore[index]
+    assert stored_rows(app) == before
+
+
+def test_another_key_s_conversation_is_404_everywhere(
+    sdk: openai.OpenAI, sdk_for: Callable[[str], openai.OpenAI]
+) -> None:
+    mine = sdk.conversations.create(items=[{"role": "user", "content": "Mine"}])
+    item = sdk.conversations.items.list(mine.id).data[0]
+    bob = sdk_for("bob")
+    assert listed(bob)["data"] == []
+    for call in (
+        lambda: bob.conversations.retrieve(mine.id),
+        lambda: bob.conversations.update(mine.id, metadata={}),
+        lambda: bob.conversations.delete(mine.id),
+        lambda: bob.conversations.items.list(mine.id),
+        lambda: bob.conversations.items.create(mine.id, items=[{"role": "user", "content": "x"}]),
+        lambda: bob.conversations.items.retrieve(item.id, conversation_id=mine.id),
+        lambda: bob.conversations.items.delete(item.id, conversation_id=mine.id),
+        lambda: bob.responses.create(model=MODEL, input="x", conversation=mine.id),
+    ):
+        with pytest.raises(openai.NotFoundError) as raised:
+            call()
+        assert raised.value.body["type"] == "not_found_error"  # type: ignore[index]
+    assert texts(sdk.conversations.items.list(mine.id)) == ["Mine"]
