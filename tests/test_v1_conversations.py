@@ -13,7 +13,16 @@ from flask.testing import FlaskClient
 
 from fakes.openai_upstream import FakeOpenAI
 from tests.helpers import ok, post
-from tests.openai_sdk import base_url, bare, sdk, sdk_for, settings_overrides, stored_rows, tree_of  # noqa: F401
+from tests.openai_sdk import (  # noqa: F401
+    bare,
+    base_url,
+    sdk,
+    sdk_for,
+    settings_overrides,
+    stored_rows,
+    tree_of,
+)
+from tests.test_openapi import conforms
 
 MODEL = "gpt-test"
 
@@ -176,3 +185,32 @@ def test_another_key_s_conversation_is_404_everywhere(
             call()
         assert raised.value.body["type"] == "not_found_error"  # type: ignore[index]
     assert texts(sdk.conversations.items.list(mine.id)) == ["Mine"]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_v1_answers_conform_to_the_spec(sdk: openai.OpenAI, client: FlaskClient) -> None:
+    spec = client.get("/openapi.json").get_json()
+    v1 = as_key(client, sdk)
+    response = v1.post("/v1/responses", json={"input": "Hi", "metadata": {"a": "b"}})
+    conforms(spec, "/v1/responses", response)
+    answer = response.get_json()["id"]
+    conversation = v1.post("/v1/conversations", json={"items": [{"role": "user", "content": "x"}]})
+    conforms(spec, "/v1/conversations", conversation)
+    path = f"/v1/conversations/{conversation.get_json()['id']}"
+    items = v1.get(f"{path}/items")
+    item = items.get_json()["data"][0]["id"]
+    for route, got in [
+        ("/v1/responses/{response_id}", v1.get(f"/v1/responses/{answer}")),
+        ("/v1/responses/{response_id}/input_items", v1.get(f"/v1/responses/{answer}/input_items")),
+        ("/v1/conversations", v1.get("/v1/conversations")),
+        ("/v1/conversations/{conversation_id}/items", items),
+        ("/v1/conversations/{conversation_id}/items/{item_id}", v1.get(f"{path}/items/{item}")),
+        ("/v1/conversations/{conversation_id}/items/{item_id}", v1.get(f"{path}/items/msg_{'0' * 32}")),
+        ("/v1/responses/{response_id}", v1.get("/v1/responses/resp_1")),
+    ]:
+        conforms(spec, route, got, "get")
+    conforms(spec, "/v1/conversations/{conversation_id}/items", v1.post(f"{path}/items", json={"items": []}))
+    conforms(spec, "/v1/conversations/{conversation_id}", v1.post(path, json={"metadata": None}))
+    conforms(spec, "/v1/conversations/{conversation_id}/items/{item_id}", v1.delete(f"{path}/items/{item}"), "delete")
+    conforms(spec, "/v1/conversations/{conversation_id}", v1.delete(path), "delete")
+    conforms(spec, "/v1/responses/{response_id}", v1.delete(f"/v1/responses/{answer}"), "delete")

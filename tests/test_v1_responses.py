@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 
 from fakes.openai_upstream import Fail, FakeOpenAI, Reply
 from tests.helpers import ok, wait_until
-from tests.openai_sdk import base_url, bare, sdk, sdk_for, settings_overrides, stored_rows, tree_of  # noqa: F401
+from tests.openai_sdk import bare, base_url, sdk, sdk_for, settings_overrides, stored_rows, tree_of  # noqa: F401
 
 MODEL = "gpt-test"
 
@@ -85,7 +85,7 @@ def test_message_items_are_stored_in_order_and_are_the_input_items(
         model=MODEL,
         input=[
             {"role": "developer", "content": "Answer in French."},
-            {"role": "user", "content": [{"type": "input_text", "text": "Hello"}, {"type": "input_text", "text": "there"}]},
+            {"role": "user", "content": [{"type": "input_text", "text": t} for t in ("Hello", "there")]},
         ],
     )
     assert upstream_messages(fake_upstream) == [
@@ -93,7 +93,10 @@ def test_message_items_are_stored_in_order_and_are_the_input_items(
         {"role": "user", "content": "Hello\nthere"},
     ]
     items = list(sdk.responses.input_items.list(response.id))
-    assert [(i.role, i.content[0].text) for i in items] == [("user", "Hello\nthere"), ("developer", "Answer in French.")]
+    assert [(i.role, i.content[0].text) for i in items] == [
+        ("user", "Hello\nthere"),
+        ("developer", "Answer in French."),
+    ]
     assert all(i.id.startswith("msg_") and i.content[0].type == "input_text" for i in items)
     first_page = sdk.responses.input_items.list(response.id, order="asc", limit=1)
     assert [i.role for i in first_page.data] == ["developer"] and first_page.has_more
@@ -109,8 +112,10 @@ def test_store_false_answers_and_keeps_nothing(
     assert unkept.output_text == "Echo: Not kept" and unkept.store is False
     assert [m["content"] for m in upstream_messages(fake_upstream)] == ["Kept", "Echo: Kept", "Not kept"]
     fresh = sdk.responses.create(model=MODEL, input="Nor this", store=False)
+    streamed = list(sdk.responses.create(model=MODEL, input="Streamed", store=False, stream=True))[-1].response
+    assert streamed.output_text == "Echo: Streamed" and streamed.store is False
     assert stored_rows(app) == before
-    for gone in (unkept, fresh):
+    for gone in (unkept, fresh, streamed):
         with pytest.raises(openai.NotFoundError):
             sdk.responses.retrieve(gone.id)
 
@@ -344,3 +349,22 @@ def test_rate_limit_is_a_429(sdk: openai.OpenAI) -> None:
     with pytest.raises(openai.RateLimitError) as raised:
         sdk.responses.create(model=MODEL, input="Three")
     assert raised.value.body["type"] == "rate_limit_error"  # type: ignore[index]
+
+
+CHATGPT = {"llm_provider": "chatgpt", "chatgpt_access_token": "t", "chatgpt_base_url": "http://127.0.0.1:9/api/"}
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # refused before any storage
+@pytest.mark.parametrize("settings_overrides", [{**CHATGPT, "auth_cache_seconds": 0}])
+def test_a_chatgpt_account_refuses_what_it_cannot_honour(sdk: openai.OpenAI, app: Flask) -> None:
+    for fields, param in [
+        ({"instructions": "Be brief."}, "instructions"),
+        ({"store": False}, "store"),
+        ({"temperature": 0.5}, "temperature"),
+        ({"max_output_tokens": 10}, "max_output_tokens"),
+        ({"input": [{"role": "system", "content": "x"}, {"role": "user", "content": "y"}]}, "input"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as raised:
+            sdk.responses.create(model=MODEL, **{"input": "Hi", **fields})
+        assert raised.value.body["param"] == param  # type: ignore[index]
+    assert stored_rows(app) == (0, 0)

@@ -222,7 +222,9 @@ class ResponseCreateBody(V1Model):
     truncation: Annotated[Any, only(None, "disabled", why="the context is never cut short")] = None
     service_tier: Annotated[Any, only(None, "auto", "default", why="the upstream's tier is not chosen here")] = None
     top_logprobs: Annotated[Any, only(None, 0, why="logprobs are not returned")] = None
-    stream_options: Annotated[Any, only(None, {}, {"include_obfuscation": False}, why="streams are not obfuscated")] = None
+    stream_options: Annotated[
+        Any, only(None, {}, {"include_obfuscation": False}, why="streams are not obfuscated")
+    ] = None
 
     @field_validator("input", mode="wrap")
     @classmethod
