@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     upstream_max_retries: int = Field(default=2, ge=0)
 
     generate_titles: bool = True
+    store_chat_completions: bool = True
+    """Keep /v1/chat/completions exchanges as conversations (a request's `store: false` keeps one out)."""
+    models_cache_seconds: float = Field(default=60.0, ge=0)
+    """How long /v1/models answers from its copy of the upstream's list."""
     migrate_on_start: bool = True
     sse_keep_alive_seconds: float = Field(default=15.0, gt=0)
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)

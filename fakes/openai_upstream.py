@@ -31,6 +31,7 @@ from fakes.net import raise_fd_limit, reset
 
 LISTEN_BACKLOG = 4096
 SYSTEM_FINGERPRINT = "fp_fake"
+MODELS = ("gpt-test", "gpt-4o-mini", "org/model-with-a-slash")
 
 
 @dataclass
@@ -45,6 +46,7 @@ class Reply:
     delay: float = 0.0  # seconds before response headers
     chunk_delay: float = 0.0  # seconds between stream chunks
     break_after: int | None = None  # stream mode: abort the connection after this many content chunks
+    tool_calls: list[dict] | None = None  # [{"id", "type": "function", "function": {"name", "arguments"}}]
 
     def pieces(self) -> list[str]:
         return split_words(self.text) if self.chunks is None else self.chunks
@@ -162,6 +164,8 @@ class FakeOpenAI(LoopThreadServer):
         self.url = ""
         self.requests: list[RecordedRequest] = []
         self.default: Callable[[dict], Behaviour] = echo
+        self.models: list[str] = list(MODELS)
+        """What `GET /v1/models` lists."""
         self.active_requests = 0
         self._script: deque[Behaviour] = deque()
         self._cond = threading.Condition()
@@ -180,6 +184,7 @@ class FakeOpenAI(LoopThreadServer):
             self._script.clear()
             self.requests.clear()
             self.default = echo
+            self.models = list(MODELS)
 
     def wait_for_requests(self, n: int, timeout: float = 5.0) -> list[RecordedRequest]:
         with self._cond:
@@ -201,6 +206,7 @@ class FakeOpenAI(LoopThreadServer):
     async def _serve(self) -> None:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat_completions)
+        app.router.add_get("/v1/models", self._models)
         # handler_cancellation: a client that goes away cancels its handler (ends Hang, delays).
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
         await self._runner.setup()
@@ -224,6 +230,18 @@ class FakeOpenAI(LoopThreadServer):
         finally:
             self.active_requests -= 1
             self._handlers.discard(task)
+
+    async def _models(self, request: web.Request) -> web.Response:
+        """`GET /v1/models`: `models` as OpenAI lists them (recorded with an empty body)."""
+        if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return _error_response(401, "Incorrect API key provided.", code="invalid_api_key")
+        with self._cond:
+            if self.record:
+                headers = {k.lower(): v for k, v in request.headers.items()}
+                self.requests.append(RecordedRequest(body={}, headers=headers, path=request.path))
+                self._cond.notify_all()
+        data = [{"id": name, "object": "model", "created": 1700000000, "owned_by": "fake"} for name in self.models]
+        return _json_response(200, {"object": "list", "data": data})
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
@@ -280,6 +298,10 @@ class FakeOpenAI(LoopThreadServer):
             await response.write(b"".join(events))
             _abort(request)
             return response
+        for index, call in enumerate(reply.tool_calls or ()):  # a call's head, then its arguments
+            head = {**call, "index": index, "function": {**call["function"], "arguments": ""}}
+            events.append(chunk({"tool_calls": [head]}))
+            events.append(chunk({"tool_calls": [{"index": index, "function": {"arguments": call["function"]["arguments"]}}]}))
         events.append(chunk({}, reply.finish_reason))
         if (usage := _usage(reply)) is not None and _include_usage(body):
             events.append(chunk(None, usage=usage))
@@ -311,7 +333,12 @@ def _completion(body: dict, reply: Reply) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": reply.text, "refusal": None},
+                "message": {
+                    "role": "assistant",
+                    "content": reply.text or None if reply.tool_calls else reply.text,
+                    "refusal": None,
+                    **({"tool_calls": reply.tool_calls} if reply.tool_calls else {}),
+                },
                 "logprobs": None,
                 "finish_reason": reply.finish_reason,
             }

@@ -97,11 +97,40 @@ class Message(Base):
     response_fields: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     """An answer made through /v1/responses: what that route gives back about it (instructions,
     metadata, sampling, which messages were its input)."""
+    path_hash: Mapped[str | None] = mapped_column(String(64))
+    """For messages of /v1/chat/completions: the hash of the path from the root to here
+    (`services/message_paths.py`), by which a later request that repeats it is threaded here."""
 
     __table_args__ = (
         Index("ix_messages_conversation_created", "conversation_id", "created_at"),
         Index("ix_messages_parent", "parent_id"),
+        Index(
+            "ix_messages_path_hash",
+            "path_hash",
+            postgresql_where=text("path_hash IS NOT NULL"),
+            sqlite_where=text("path_hash IS NOT NULL"),
+        ),
     )
+
+
+class ChatCompletion(Base):
+    """A stored exchange of /v1/chat/completions. Its messages are nodes of the tree: the
+    request's on the path above the answer, the answer (the first choice) is the node whose
+    id this row shares; the row keeps what is not a message."""
+
+    __tablename__ = "chat_completions"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(128))
+    """The model the request named (or the default it got): what `model=` filters on."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    metadata_: Mapped[dict[str, str]] = mapped_column("metadata", JSON, default=dict)
+    response: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """The completion object as the upstream answered, each choice's `message` replaced by
+    the `message_id` of its node."""
+
+    __table_args__ = (Index("ix_chat_completions_owner_created", "owner", "created_at", "id"),)
 
 
 class ApiKey(Base):

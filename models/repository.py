@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from models.entities import DEFAULT_TITLE, Conversation, Message
+from models.entities import DEFAULT_TITLE, ChatCompletion, Conversation, Message
 
 MESSAGE_COLUMNS = tuple(Message.__table__.columns)
 SUMMARY_COLUMNS = (Conversation.id, Conversation.title, Conversation.created_at, Conversation.updated_at)
@@ -159,6 +159,102 @@ class ConversationRepository:
 
     def update_message(self, message_id: uuid.UUID, **values: Any) -> None:
         self.session.execute(update(Message).where(Message.id == message_id).values(values))
+
+    # -- /v1/chat/completions: threading and stored completions ---------------
+
+    def answers_with_hashes(self, owner: str, hashes: Sequence[str]) -> Sequence[Row[Any]]:
+        """The owner's answers (nodes with a model) whose path hash is one of `hashes`:
+        `(id, conversation_id, path_hash, upstream_id, created_at)`, found through the path hash index."""
+        return self.session.execute(
+            select(Message.id, Message.conversation_id, Message.path_hash, Message.upstream_id, Message.created_at)
+            .join(Conversation, Conversation.id == Message.conversation_id)
+            .where(Message.path_hash.in_(hashes), Message.model.is_not(None), Conversation.owner == owner)
+        ).all()
+
+    def hashed_nodes(self, conversation_id: uuid.UUID, hashes: Sequence[str]) -> Sequence[Row[Any]]:
+        """The conversation's nodes whose path hash is one of `hashes`:
+        `(id, path_hash, upstream_id, created_at)`."""
+        return self.session.execute(
+            select(Message.id, Message.path_hash, Message.upstream_id, Message.created_at).where(
+                Message.path_hash.in_(hashes), Message.conversation_id == conversation_id
+            )
+        ).all()
+
+    def has_message(self, conversation_id: uuid.UUID, message_id: uuid.UUID) -> bool:
+        return (
+            self.session.scalar(
+                select(Message.id).where(Message.id == message_id, Message.conversation_id == conversation_id)
+            )
+            is not None
+        )
+
+    def add_nodes(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Messages in one statement (parents before children, the same keys in each row)."""
+        if rows:
+            self.session.execute(insert(Message), list(rows))
+
+    def nodes(self, ids: Sequence[uuid.UUID]) -> Sequence[Row[Any]]:
+        """The messages with these ids, in no particular order."""
+        return self.session.execute(select(*MESSAGE_COLUMNS).where(Message.id.in_(ids))).all()
+
+    def add_chat_completion(self, **values: Any) -> None:
+        self.session.execute(insert(ChatCompletion).values(values))
+
+    def chat_completion(self, owner: str, completion_id: uuid.UUID) -> Row[Any] | None:
+        """The owner's stored completion, with its answer's `conversation_id` and `parent_id`."""
+        return self.session.execute(
+            select(*ChatCompletion.__table__.columns, Message.conversation_id, Message.parent_id)
+            .join(Message, Message.id == ChatCompletion.id)
+            .where(ChatCompletion.id == completion_id, ChatCompletion.owner == owner)
+        ).first()
+
+    def chat_completion_page(
+        self,
+        owner: str,
+        *,
+        limit: int,
+        descending: bool,
+        after: Row[Any] | None = None,
+        model: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> Sequence[Row[Any]]:
+        """The owner's stored completions by time (and id), past `after`; a row-value keyset
+        on the (owner, created_at, id) index."""
+        order = (ChatCompletion.created_at, ChatCompletion.id)
+        query = (
+            select(*ChatCompletion.__table__.columns)
+            .where(ChatCompletion.owner == owner)
+            .order_by(*(column.desc() for column in order) if descending else order)
+            .limit(limit)
+        )
+        if after is not None:
+            position, cursor = tuple_(*order), tuple_(after.created_at, after.id)
+            query = query.where(position < cursor if descending else position > cursor)
+        if model is not None:
+            query = query.where(ChatCompletion.model == model)
+        for key, value in (metadata or {}).items():
+            query = query.where(ChatCompletion.metadata_[key].as_string() == value)
+        return self.session.execute(query).all()
+
+    def set_chat_completion_metadata(self, owner: str, completion_id: uuid.UUID, metadata: dict[str, str]) -> bool:
+        updated = self.session.execute(
+            update(ChatCompletion)
+            .where(ChatCompletion.id == completion_id, ChatCompletion.owner == owner)
+            .values(metadata_=metadata)
+        )
+        return bool(updated.rowcount)  # type: ignore[attr-defined]
+
+    def delete_answers(self, conversation_id: uuid.UUID, ids: Sequence[uuid.UUID], parent_id: uuid.UUID) -> None:
+        """Answers and everything below them; a current node among them moves up to `parent_id`."""
+        self.session.execute(delete(Message).where(Message.id.in_(ids)))
+        self.session.execute(
+            update(Conversation)
+            .where(
+                Conversation.id == conversation_id,
+                ~select(Message.id).where(Message.id == Conversation.current_node_id).exists(),
+            )
+            .values(current_node_id=parent_id)
+        )
 
     # -- import / export -----------------------------------------------------
 

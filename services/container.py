@@ -9,10 +9,12 @@ from config import Settings
 from models.db import Database
 from services.api_keys import KeyRing
 from services.asking import AskService
+from services.chat_completions import ChatCompletionService
 from services.conversations import ConversationService
 from services.errors import UpstreamNotConfigured
 from services.items import ConversationItems
 from services.metrics import Metrics
+from services.model_catalog import ModelCatalog
 from services.providers import build_provider
 from services.responses import ResponseService
 from services.stream_slots import StreamSlots, build_slots
@@ -31,6 +33,8 @@ class Services:
     conversations: ConversationService
     titles: TitleWriter
     slots: StreamSlots
+    chat_completions: ChatCompletionService
+    models: ModelCatalog
     responses: ResponseService
     items: ConversationItems
 
@@ -76,6 +80,16 @@ def build_services(settings: Settings) -> Services:
         conversations=conversations,
         titles=titles,
         slots=build_slots(settings.max_streams_per_key, settings.redis_url, settings.redis_key_prefix),
+        chat_completions=ChatCompletionService(
+            database,
+            provider,
+            asking=asking,
+            metrics=metrics,
+            titles=titles,
+            store=settings.store_chat_completions,
+            unconfigured_reason=reason,
+        ),
+        models=ModelCatalog(provider, ttl=settings.models_cache_seconds, unconfigured_reason=reason),
         responses=ResponseService(database, asking, one_message_upstream=settings.llm_provider == "chatgpt"),
         items=ConversationItems(database, asking, conversations),
     )

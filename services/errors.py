@@ -26,6 +26,14 @@ class ParentNotFound(NotFound):
     code = "parent_not_found"
 
 
+class ChatCompletionNotFound(NotFound):
+    code = "chat_completion_not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
 class InvalidRequest(ServiceError):
     code = "invalid_request"
 

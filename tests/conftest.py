@@ -89,7 +89,7 @@ def database_url(request: pytest.FixtureRequest, cleaners: dict[str, Engine]) ->
     url = request.getfixturevalue(f"{request.param}_url")
     engine = cleaners.get(url) or cleaners.setdefault(url, create_engine(url))
     with engine.begin() as connection:
-        for table in ("messages", "conversations", "api_keys"):
+        for table in ("chat_completions", "messages", "conversations", "api_keys"):
             connection.execute(text(f"DELETE FROM {table}"))
     return url
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -30,13 +30,15 @@ from pydantic import (
     WithJsonSchema,
     field_validator,
     model_validator,
+    with_config,
 )
-from typing_extensions import TypedDict
+from typing_extensions import NotRequired, TypedDict
 
 from api.schemas import NonBlank
 from services import ids
 from services.asking import Said
 from services.items import ConversationView, ItemView, Page
+from services.message_paths import message_text
 from services.providers.base import Sampling
 from services.responses import NewResponse, ResponseView
 
@@ -623,3 +625,213 @@ def conversation_payload(view: ConversationView) -> ConversationPayload:
 
 def conversation_page(page: Page[ConversationView]) -> ConversationList:
     return _listed([conversation_payload(view) for view in page.data], page.has_more)  # type: ignore[return-value]
+
+
+# -- chat completions and models (issue 12)
+
+ChatCompletionId = Annotated[
+    uuid.UUID, _parser(ids.CHAT_COMPLETION, "chat completion"), _id_schema(ids.CHAT_COMPLETION)
+]
+
+
+class ChatMessageIn(BaseModel):
+    """A Chat Completions message; `role` and the type of `content` are checked here, the
+    message goes upstream (and into the store) as it is."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: StrictStr | list[Any] | None = None
+
+
+class ChatCompletionBody(BaseModel):
+    """`POST /v1/chat/completions`: any Chat Completions body. The fields below are checked
+    here; every field, these and any other (`tools`, `response_format`, `n`, `stop`,
+    sampling, ...), goes upstream as sent, but for `store` and `metadata`, kept here."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    model: Annotated[NonBlank, Field(max_length=128)] | None = Field(
+        default=None, description="The upstream's model; without one, the configured default."
+    )
+    messages: Annotated[list[ChatMessageIn], Field(min_length=1)]
+    stream: StrictBool | None = False
+    stream_options: dict[str, Any] | None = None
+    store: StrictBool | None = Field(
+        default=None,
+        description="Stored unless false (OpenAI's default is false; here the exchange is kept, "
+        "as a conversation, unless STORE_CHAT_COMPLETIONS=false).",
+    )
+    metadata: Metadata | None = None
+
+
+class ChatCompletionPath(V1Model):
+    completion_id: ChatCompletionId
+
+
+class ChatCompletionListQuery(BaseModel):
+    """Stored completions by time (`order`, default `asc`), past `after`; `model=` and
+    `metadata[<key>]=<value>` (any number) filter."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    after: ChatCompletionId | None = None
+    limit: Annotated[int, Field(ge=1, le=100)] = 20
+    order: Literal["asc", "desc"] = "asc"
+    model: Annotated[StrictStr, Field(max_length=128)] | None = None
+
+    @model_validator(mode="after")
+    def _only_metadata_filters(self) -> Self:
+        for name in self.model_extra or {}:
+            if not (name.startswith("metadata[") and name.endswith("]") and len(name) > len("metadata[]")):
+                raise ValueError(f"{name}: not a query parameter of this route (metadata[<key>]=<value> filters)")
+        return self
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return {name[len("metadata[") : -1]: str(value) for name, value in (self.model_extra or {}).items()}
+
+
+class StoreMessagesQuery(V1Model):
+    """The request's messages, oldest first unless `order=desc`, past the message `after`."""
+
+    after: ItemId | None = None
+    limit: Annotated[int, Field(ge=1, le=100)] = 20
+    order: Literal["asc", "desc"] = "asc"
+
+
+class ChatCompletionUpdateBody(V1Model):
+    metadata: Metadata | None = Field(description="Replaces the stored completion's metadata (null clears it).")
+
+
+class ModelPath(V1Model):
+    model_id: Annotated[StrictStr, Field(max_length=256)]
+
+
+@with_config(ConfigDict(extra="allow"))
+class ChatChoicePayload(TypedDict):
+    index: int
+    message: dict[str, Any] | None
+    finish_reason: Annotated[str | None, Field(description="null: the answer broke off (stored as far as it got).")]
+    logprobs: dict[str, Any] | None
+
+
+@with_config(ConfigDict(extra="allow"))
+class ChatCompletionPayload(TypedDict):
+    """OpenAI's `chat.completion`, as the upstream answered; a stored one also has `metadata`."""
+
+    id: Annotated[str, Field(description="`chatcmpl-<32 hex>`: the stored completion's id (with `store: false`, one that names nothing stored).")]
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoicePayload]
+    usage: NotRequired[dict[str, Any] | None]
+    metadata: NotRequired[dict[str, str]]
+
+
+class ChatCompletionObject(RootModel[ChatCompletionPayload]):
+    """A chat completion, or with `stream: true` server-sent events: `data: <chat.completion.chunk>`
+    per chunk as the upstream sent it, then `data: [DONE]`; if the answer breaks off,
+    `data: {"error": {...}}` instead."""
+
+    model_config = ConfigDict(
+        openapi_extra={  # type: ignore[typeddict-unknown-key]  # read by flask-openapi3
+            "content": {
+                "text/event-stream": {
+                    "schema": {"type": "string", "description": "With `stream: true`: the events above."}
+                }
+            }
+        },
+    )
+
+
+class ChatCompletionList(TypedDict):
+    object: Literal["list"]
+    data: list[ChatCompletionPayload]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class ChatCompletionListObject(RootModel[ChatCompletionList]):
+    pass
+
+
+class ChatCompletionDeleted(TypedDict):
+    id: str
+    object: Literal["chat.completion.deleted"]
+    deleted: Literal[True]
+
+
+class ChatCompletionDeletedObject(RootModel[ChatCompletionDeleted]):
+    pass
+
+
+@with_config(ConfigDict(extra="allow"))
+class StoreMessagePayload(TypedDict):
+    """A message of the request, as it was sent (`tool_calls`, `name`, ... too); `content`
+    is its text and `content_parts` its parts when it came as parts."""
+
+    id: Annotated[str, Field(description="`msg_<32 hex>`: the message's node.")]
+    role: str
+    content: str | None
+    content_parts: list[Any] | None
+
+
+class StoreMessageList(TypedDict):
+    object: Literal["list"]
+    data: list[StoreMessagePayload]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class StoreMessageListObject(RootModel[StoreMessageList]):
+    pass
+
+
+@with_config(ConfigDict(extra="allow"))
+class ModelPayload(TypedDict):
+    """A model as the upstream lists it."""
+
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelObject(RootModel[ModelPayload]):
+    pass
+
+
+class ModelList(TypedDict):
+    object: Literal["list"]
+    data: list[ModelPayload]
+
+
+class ModelListObject(RootModel[ModelList]):
+    pass
+
+
+def chat_completion_page(page: Page[dict[str, Any]]) -> ChatCompletionList:
+    return _listed(page.data, page.has_more)  # type: ignore[return-value]
+
+
+def store_message(node_id: uuid.UUID, message: dict[str, Any]) -> StoreMessagePayload:
+    content = message.get("content")
+    parts = content if isinstance(content, list) else None
+    text = message_text(content) if parts is not None else content
+    return {  # type: ignore[typeddict-item]  # the message's other keys as it had them
+        "id": ids.encode(ids.MESSAGE, node_id),
+        **message,
+        "content": text if isinstance(text, str) and (text or parts is None) else None,
+        "content_parts": parts,
+    }
+
+
+def store_message_page(page: Page[tuple[uuid.UUID, dict[str, Any]]]) -> StoreMessageList:
+    return _listed([store_message(node_id, message) for node_id, message in page.data], page.has_more)  # type: ignore[return-value]
+
+
+def model_list(models: list[dict[str, Any]]) -> ModelList:
+    return {"object": "list", "data": models}  # type: ignore[typeddict-item]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 Role = Literal["system", "user", "assistant"]
 
@@ -68,6 +68,35 @@ class ReplyChunk:
     completion_tokens: int | None = None
 
 
+@dataclass(frozen=True)
+class CompletionRequest:
+    """A Chat Completions body to pass upstream as the client sent it (`/v1/chat/completions`).
+
+    An upstream that keeps its own conversations (ChatGPT) continues one: the service says
+    which of the body's messages that upstream has already seen there.
+    """
+
+    body: dict[str, Any]
+    """The client's body, `model` filled in, without what the service keeps (`store`, `metadata`)."""
+    user_message_id: str
+    """Local id of the request's last message (ChatGPT reuses it as the upstream id)."""
+    seen: int = 0
+    """How many of the first messages the upstream conversation already holds."""
+    upstream_conversation_id: str | None = None
+    upstream_parent_id: str | None = None
+    """Upstream id of the last message the upstream has seen."""
+
+
+@dataclass(frozen=True)
+class CompletionEvent:
+    """A `chat.completion` (or one `chat.completion.chunk` of a stream), as the upstream sent it,
+    and the ids an upstream that keeps conversations gave the answer."""
+
+    data: dict[str, Any]
+    upstream_conversation_id: str | None = None
+    upstream_message_id: str | None = None
+
+
 class Provider(Protocol):
     """An upstream LLM. Errors are raised as `services.errors.Upstream*` exceptions."""
 
@@ -76,6 +105,22 @@ class Provider(Protocol):
 
     def stream_reply(self, request: ReplyRequest) -> Iterator[ReplyChunk]:
         """Yield the answer as it arrives; closing the iterator cancels the call."""
+        ...
+
+    def complete(self, request: CompletionRequest) -> CompletionEvent:
+        """The upstream's `chat.completion` for a Chat Completions body (JSON, not streamed).
+
+        A field this upstream cannot honour is an `InvalidRequest` naming it; the upstream's
+        own refusals keep its status (`InvalidRequest`, `NotFound`, `RateLimited`).
+        """
+        ...
+
+    def stream_completion(self, request: CompletionRequest) -> Iterator[CompletionEvent]:
+        """The upstream's `chat.completion.chunk` objects as they arrive; closing cancels the call."""
+        ...
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """The models the upstream offers, as OpenAI's `model` objects."""
         ...
 
     def generate_title(self, request: ReplyRequest, answer: str) -> str | None:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -27,14 +29,17 @@ from revChatGPT import typings
 from revChatGPT.V1 import Chatbot
 from urllib3.exceptions import ReadTimeoutError
 
+from services.completion_chunks import CompletionBuilder
 from services.errors import (
     ConversationNotFound,
+    InvalidRequest,
     ServiceError,
     UpstreamError,
     UpstreamNotConfigured,
     UpstreamTimeout,
 )
-from services.providers.base import ReplyChunk, ReplyRequest
+from services.message_paths import message_text
+from services.providers.base import ChatMessage, CompletionEvent, CompletionRequest, ReplyChunk, ReplyRequest
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +117,51 @@ class ChatGPTProvider:
                 timeout=self.timeout,
             )
             yield from self._chunks(events, model)
+
+    def complete(self, request: CompletionRequest) -> CompletionEvent:
+        """The streamed answer, put together (ChatGPT only streams)."""
+        builder, last = CompletionBuilder(), CompletionEvent({})
+        for last in self.stream_completion(request):
+            builder.add(last.data)
+        return CompletionEvent(builder.completion(), last.upstream_conversation_id, last.upstream_message_id)
+
+    def stream_completion(self, request: CompletionRequest) -> Iterator[CompletionEvent]:
+        """Text in, text out: the messages ChatGPT has not seen go as one user message (as they
+        are when that is one user message, else as a transcript), the answer comes back as chunks."""
+        prompt = _prompt(request)
+        model = request.body["model"]
+        envelope = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time())}
+        reply = ReplyRequest(
+            messages=[ChatMessage(role="user", content=prompt)],
+            model=model,
+            user_message_id=request.user_message_id,
+            upstream_conversation_id=request.upstream_conversation_id,
+            upstream_parent_id=request.upstream_parent_id,
+        )
+        delta: dict[str, Any] = {"role": "assistant"}
+        for piece in self.stream_reply(reply):
+            finish = None if piece.finish_reason == "interrupted" else piece.finish_reason  # no finish seen
+            if not piece.delta and finish is None:
+                continue
+            if piece.delta:
+                delta["content"] = piece.delta
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            data = {**envelope, "model": piece.model or model, "choices": [choice]}
+            yield CompletionEvent(data, piece.upstream_conversation_id, piece.upstream_message_id)
+            delta = {}
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """The account's models (`backend-api/models`), as OpenAI's model objects."""
+
+        def models(bot: Chatbot) -> Any:
+            response = bot.session.get(f"{bot.base_url}models")
+            if not response.ok:
+                raise typings.Error(source="models", message=response.text, code=response.status_code)
+            return response.json()
+
+        listed = self._call("list models", None, models)
+        slugs = [m.get("slug") for m in listed.get("models") or () if isinstance(m, dict)] if isinstance(listed, dict) else []
+        return [{"id": slug, "object": "model", "created": 0, "owned_by": "chatgpt"} for slug in slugs if isinstance(slug, str)]
 
     def generate_title(self, request: ReplyRequest, answer: str) -> str | None:
         """Ask ChatGPT to title the conversation from its own copy of the exchange (``answer`` unused).
@@ -291,6 +341,45 @@ def _normalised_sse(iter_lines: Callable[..., Iterator[bytes]], *args: Any, **kw
         if isinstance(event, dict) and event.get("error"):
             raise UpstreamError(f"ChatGPT stopped answering with an error: {_describe(event['error'])}")
         yield b"data: " + json.dumps(event).encode("ascii")
+
+
+_SPEAKERS = {"system": "System", "developer": "Developer", "user": "User", "assistant": "Assistant"}
+_TAKEN = frozenset({"model", "messages", "stream", "stream_options"})
+_DEFAULTS: dict[str, float] = {"n": 1, "temperature": 1, "top_p": 1, "presence_penalty": 0, "frequency_penalty": 0}
+"""Fields a chat UI sends at OpenAI's default: ChatGPT answers so anyway."""
+
+
+def _prompt(request: CompletionRequest) -> str:
+    """What ChatGPT is sent for a Chat Completions body; what it cannot take is an
+    `InvalidRequest` naming the field (tools, images, sampling, ...)."""
+    body = request.body
+    for name, value in body.items():
+        at_default = isinstance(value, (int, float)) and not isinstance(value, bool) and _DEFAULTS.get(name) == value
+        if name not in _TAKEN and value is not None and not at_default:
+            raise InvalidRequest(
+                f"{name}: LLM_PROVIDER=chatgpt answers text only, with ChatGPT's own settings; "
+                "it cannot take this field.",
+                param=name,
+            )
+    for index, message in enumerate(body["messages"]):
+        where = f"messages[{index}]"
+        for key in message:
+            if key not in ("role", "content"):
+                raise InvalidRequest(f"{where}.{key}: LLM_PROVIDER=chatgpt takes text messages only.", param=f"{where}.{key}")
+        if message.get("role") not in _SPEAKERS:
+            raise InvalidRequest(
+                f"{where}.role: LLM_PROVIDER=chatgpt takes system, developer, user and assistant messages only.",
+                param=f"{where}.role",
+            )
+        content = message.get("content")
+        if not isinstance(content, str) and not (
+            isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content)
+        ):
+            raise InvalidRequest(f"{where}.content: LLM_PROVIDER=chatgpt takes text only.", param=f"{where}.content")
+    unseen = body["messages"][request.seen :]
+    if len(unseen) == 1 and unseen[0]["role"] == "user":
+        return message_text(unseen[0]["content"])
+    return "\n\n".join(f"{_SPEAKERS[m['role']]}: {message_text(m['content'])}" for m in unseen)
 
 
 def _normalised_base_url(base_url: str) -> str:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
+import time
 from collections.abc import Iterable, Iterator
+from email.utils import parsedate_to_datetime
+from typing import Any
 
 import httpx2
 import openai
 
-from services.errors import UpstreamError, UpstreamTimeout
-from services.providers.base import ReplyChunk, ReplyRequest
+from services.errors import InvalidRequest, NotFound, RateLimited, ServiceError, UpstreamError, UpstreamTimeout
+from services.providers.base import CompletionEvent, CompletionRequest, ReplyChunk, ReplyRequest
 
 TITLE_INSTRUCTION = (
     "Write a title of at most six words for the conversation below. "
@@ -36,6 +40,46 @@ def upstream_failure(error: openai.APIError) -> UpstreamError:
     if isinstance(error, openai.APIConnectionError):
         return UpstreamError("Could not reach the upstream (connection failed or was cut).")
     return UpstreamError(f"The upstream failed: {error}")
+
+
+PASSED_ON = {400: InvalidRequest, 404: NotFound, 409: InvalidRequest, 413: InvalidRequest, 422: InvalidRequest}
+"""Upstream refusals that are about the client's request, passed on as its own error (429 too)."""
+
+
+def passed_on(error: openai.APIError) -> ServiceError:
+    """For a request the client wrote (`/v1/chat/completions`): the upstream's refusal of it,
+    with the upstream's message, `param`, `code` and status (429 with its Retry-After);
+    the upstream's other failures (its key, its faults) as `upstream_failure`."""
+    if not isinstance(error, openai.APIStatusError):
+        return upstream_failure(error)
+    status = error.status_code
+    detail = error.body if isinstance(error.body, dict) else {}
+    message = str(detail.get("message") or error.message)
+    param = detail.get("param") if isinstance(detail.get("param"), str) else None
+    refusal: ServiceError
+    if status == 429:
+        refusal = RateLimited(message, retry_after=retry_after(error.response.headers), param=param)
+    elif status in PASSED_ON:
+        refusal = PASSED_ON[status](message, param=param)
+    else:
+        return upstream_failure(error)
+    if isinstance(detail.get("code"), str):
+        refusal.code = detail["code"]
+    return refusal
+
+
+def retry_after(headers: httpx2.Headers) -> int:
+    """Whole seconds from a Retry-After header (seconds or an HTTP date); 1 without one."""
+    value = headers.get("retry-after", "")
+    try:
+        return max(math.ceil(float(value)), 0)
+    except ValueError:
+        pass
+    try:
+        moment = parsedate_to_datetime(value)
+        return max(math.ceil(moment.timestamp() - time.time()), 0)
+    except (TypeError, ValueError):
+        return 1
 
 
 def sse_data(lines: Iterable[str]) -> Iterator[str]:
@@ -86,6 +130,31 @@ def reply_chunks(lines: Iterable[str]) -> Iterator[ReplyChunk]:
             finish_reason = choice.get("finish_reason")
             if delta or finish_reason:
                 yield ReplyChunk(delta=delta, finish_reason=finish_reason, model=model)
+
+
+def completion_chunks(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """The `chat.completion.chunk` objects of an event stream as sent, read to its very end
+    (see `reply_chunks`); an error event is raised as an `UpstreamError`."""
+    for data in sse_data(lines):
+        if data == "[DONE]":
+            continue
+        try:
+            chunk = json.loads(data)
+        except ValueError as error:
+            raise UpstreamError("The upstream sent an event that is not JSON.") from error
+        if not isinstance(chunk, dict):
+            raise UpstreamError("The upstream sent an event that is not a JSON object.")
+        if chunk.get("error"):
+            error = chunk["error"]
+            message = error.get("message") if isinstance(error, dict) else None
+            raise UpstreamError(f"The upstream failed: {message or 'an error in the stream'}")
+        yield chunk
+
+
+def sdk_arguments(body: dict[str, Any]) -> dict[str, Any]:
+    """A client's body as the SDK's arguments: what the SDK does not name goes as it is in `extra_body`."""
+    fields = {key: value for key, value in body.items() if key not in ("model", "messages", "stream")}
+    return {"model": body["model"], "messages": body["messages"], "extra_body": fields}
 
 
 def clean_title(raw: str) -> str | None:
@@ -141,6 +210,53 @@ class OpenAIProvider:
             raise upstream_failure(openai.APITimeoutError(request=error.request)) from error
         except httpx2.TransportError as error:
             raise upstream_failure(openai.APIConnectionError(request=error.request)) from error
+
+    def complete(self, request: CompletionRequest) -> CompletionEvent:
+        try:
+            with self._client.chat.completions.with_streaming_response.create(
+                **sdk_arguments(request.body)
+            ) as response:
+                data = response.json()
+        except openai.APIError as error:
+            raise passed_on(error) from error
+        except httpx2.TimeoutException as error:
+            raise upstream_failure(openai.APITimeoutError(request=error.request)) from error
+        except httpx2.TransportError as error:
+            raise upstream_failure(openai.APIConnectionError(request=error.request)) from error
+        except ValueError as error:
+            raise UpstreamError("The upstream's answer is not JSON.") from error
+        if not isinstance(data, dict):
+            raise UpstreamError("The upstream's answer is not a JSON object.")
+        return CompletionEvent(data)
+
+    def stream_completion(self, request: CompletionRequest) -> Iterator[CompletionEvent]:
+        try:
+            with self._client.chat.completions.with_streaming_response.create(
+                **sdk_arguments(request.body), stream=True
+            ) as response:
+                for chunk in completion_chunks(response.iter_lines()):
+                    yield CompletionEvent(chunk)
+        except openai.APIError as error:
+            raise passed_on(error) from error
+        except httpx2.TimeoutException as error:
+            raise upstream_failure(openai.APITimeoutError(request=error.request)) from error
+        except httpx2.TransportError as error:
+            raise upstream_failure(openai.APIConnectionError(request=error.request)) from error
+
+    def list_models(self) -> list[dict[str, Any]]:
+        try:
+            with self._client.models.with_streaming_response.list() as response:
+                data = response.json()
+        except openai.APIError as error:
+            raise upstream_failure(error) from error
+        except httpx2.HTTPError as error:
+            raise UpstreamError(f"Could not read the upstream's models: {error}") from error
+        except ValueError as error:
+            raise UpstreamError("The upstream's list of models is not JSON.") from error
+        models = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(models, list):
+            raise UpstreamError("The upstream's list of models has no `data` list.")
+        return [model for model in models if isinstance(model, dict) and isinstance(model.get("id"), str)]
 
     def generate_title(self, request: ReplyRequest, answer: str) -> str | None:
         exchange = f"User: {request.messages[-1].content}\n\nAssistant: {answer}"
