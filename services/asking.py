@@ -96,6 +96,8 @@ class Answer:
     completion_tokens: int | None = None
     upstream_seconds: float = 0.0
     """Time spent waiting on the upstream so far (for the Server-Timing header)."""
+    created_at: datetime | None = None
+    """When its row was first written (None until then, or ever with `store=False`)."""
     stored: bool = field(default=False, repr=False)
 
     @property
@@ -366,4 +368,6 @@ class AskService:
                     **fields,
                 )
             uow.commit()
+        if not answer.stored:
+            answer.created_at = now
         answer.stored = True

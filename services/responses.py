@@ -113,7 +113,8 @@ def status_of(stored: str, finish_details: str | None) -> tuple[str, str | None]
 def view_of_answer(
     answer: Answer, fields: ResponseFields, created_at: datetime, *, failed: str | None = None
 ) -> ResponseView:
-    """A response being answered or just answered; `failed` says why it broke off."""
+    """A response being answered or just answered; `failed` says why it broke off. Its time is
+    its row's once written (what reading it back gives), `created_at` until then."""
     if failed is not None:
         status, reason = "failed", None
     elif answer.finish_details is None:
@@ -124,7 +125,7 @@ def view_of_answer(
     return ResponseView(
         id=answer.message_id,
         conversation_id=answer.conversation_id,
-        created_at=created_at,
+        created_at=answer.created_at or created_at,
         model=answer.model,
         text=answer.text,
         status=status,
