@@ -41,7 +41,7 @@ def test_create_app_alone_reads_the_project_roots_env(tmp_path: Path, fake_upstr
     """As `gunicorn 'app:create_app()'` starts it: no command line, another working directory."""
     checkout = tmp_path / "checkout"
     shutil.copytree(PROJECT_ROOT, checkout, ignore=shutil.ignore_patterns(
-        ".venv", ".git", "instance", "tests", "bench", "__pycache__", ".env"))
+        ".venv", ".git", ".*_cache", ".hypothesis", "instance", "tests", "bench", "__pycache__", ".env"))
     (checkout / ".env").write_text(
         f"DATABASE_URL=sqlite:///{tmp_path / 'dotenv.sqlite3'}\n"
         f"OPENAI_API_KEY={UPSTREAM_KEY}\nOPENAI_BASE_URL={fake_upstream.url}\n"
