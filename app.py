@@ -38,6 +38,7 @@ from api.request_log import register_request_log
 from config import INSTANCE_DIR, Settings
 from log_config import configure_logging
 from models.db import Database
+from models.key_changes import KeyWatch
 from services.api_keys import ApiKeys, KeyRing
 from services.conversations import ConversationService
 from services.errors import ServiceError, UpstreamNotConfigured
@@ -90,7 +91,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(docs_bp)
     register_error_handlers(app)
     register_request_log(app)
-    app.extensions["api_keys"] = keys = KeyRing(db, settings.auth_cache_seconds)
+    app.extensions["api_keys"] = keys = KeyRing(db, KeyWatch(db))
     register_auth(app, keys, open_without_keys=may_serve_without_keys(settings))
     register_limits(app, settings)
     register_hardening(app, settings.cors_origins)
@@ -277,7 +278,7 @@ def list_keys() -> None:
 @keys.command("revoke")
 @click.argument("name")
 def revoke_key(name: str) -> None:
-    """Revoke NAME's key (every instance refuses it within AUTH_CACHE_SECONDS); its
+    """Revoke NAME's key (every instance refuses it from the next request on); its
     conversations stay, for a new key made under the same name."""
     with migrated_database() as database:
         try:
