@@ -1,12 +1,12 @@
 """Per-caller limits: a request rate (flask-limiter) and a cap on answers in flight.
 
 Both count per API key name, or per client address while no keys are in use, and live in
-Redis when REDIS_URL is set (shared by every instance), otherwise in this process.
+Redis when REDIS_URL is set (shared by every instance), otherwise in a file that the
+workers of this instance share (`services.shared_counts`).
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -20,9 +20,9 @@ from api.auth import is_api_request
 from api.errors import service_error_response
 from config import Settings
 from services.errors import RateLimited
+from services.rate_storage import storage_uri
+from services.shared_counts import new_counts_file
 from services.stream_slots import Slot, StreamSlots, build_slots
-
-log = logging.getLogger(__name__)
 
 STREAM_RETRY_AFTER = 2
 """Seconds a caller at its cap of answers is told to wait: answers end at no known time."""
@@ -36,23 +36,19 @@ def caller_identity() -> str:
 
 def register_limits(app: Flask, settings: Settings) -> None:
     """Register after `register_auth`: the rate limit needs to know the caller."""
-    app.extensions["stream_slots"] = build_slots(
-        settings.max_streams_per_key, settings.redis_url, settings.redis_key_prefix
-    )
+    redis_url = settings.redis_url
     limited = settings.rate_limit or settings.max_streams_per_key
-    if limited and not settings.redis_url and settings.workers > 1:
-        log.warning(
-            "Limits are counted per worker process (%d workers): set REDIS_URL to share them.",
-            settings.workers,
-        )
+    counts_file = new_counts_file() if limited and not redis_url else None
+    app.extensions["stream_slots"] = build_slots(
+        settings.max_streams_per_key, redis_url, settings.redis_key_prefix, counts_file
+    )
     if not settings.rate_limit:
         return
-    redis_url = settings.redis_url
     limiter = Limiter(
         caller_identity,
         application_limits=[settings.rate_limit],
         strategy="moving-window",
-        storage_uri=redis_url or "memory://",
+        storage_uri=storage_uri(counts_file) if counts_file else redis_url,
         storage_options={"socket_connect_timeout": 2, "socket_timeout": 2} if redis_url else {},
         in_memory_fallback_enabled=bool(redis_url),
         key_prefix=settings.redis_key_prefix,
