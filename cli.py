@@ -119,7 +119,7 @@ def list_keys(settings: Settings) -> None:
 @click.argument("name")
 @pass_settings
 def revoke_key(settings: Settings, name: str) -> None:
-    """Revoke NAME's key (every instance refuses it within AUTH_CACHE_SECONDS); its
+    """Revoke NAME's key (every instance refuses it from the next request on); its
     conversations stay, for a new key made under the same name."""
     with migrated_database(settings) as database:
         try:

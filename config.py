@@ -80,16 +80,14 @@ class Settings(BaseSettings):
 
     allow_unauthenticated: bool = False
     """Serve a non-loopback HOST even when no API key exists (anyone reaching it may do anything)."""
-    auth_cache_seconds: float = Field(default=5.0, ge=0)
-    """How long an instance trusts its copy of the key list: creating or revoking a key
-    takes effect on every instance within this time."""
     rate_limit: str = ""
     """Per key (per client address without keys), all routes together, e.g. `60/minute`."""
     max_streams_per_key: int = Field(default=0, ge=0)
     """Answers (streamed or not) one key may have in flight at once; 0: no cap."""
     max_prompt_chars: int = Field(default=100_000, gt=0)
     redis_url: str | None = None
-    """Where limits are kept so every instance shares them; unset: in this process's memory."""
+    """Where limits are kept so every instance shares them; unset: in a file that this
+    instance's workers share."""
     redis_key_prefix: str = "gpt-api"
     cors_origins: Annotated[list[str], NoDecode] = []
     """Comma-separated origins a browser may call the API from; empty: no CORS."""

@@ -1,29 +1,28 @@
 """Per-caller limits: a request rate (flask-limiter) and a cap on answers in flight.
 
 Both count per API key name, or per client address while no keys are in use, and live in
-Redis when REDIS_URL is set (shared by every instance), otherwise in this process.
+Redis when REDIS_URL is set (shared by every instance), otherwise in a file that the
+workers of this instance share (`services.shared_counts`).
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from flask import Flask, Response, request
+from flask import Response, request
 from flask_limiter import Limiter, RateLimitExceeded
 
 from api.auth import is_api_request
-from api.context import current_caller, services
+from api.context import GptApi, current_caller, services
 from api.errors import service_error_response
 from config import Settings
 from services.errors import RateLimited
+from services.rate_storage import storage_uri
 from services.stream_slots import Slot
-
-log = logging.getLogger(__name__)
 
 STREAM_RETRY_AFTER = 2
 """Seconds a caller at its cap of answers is told to wait: answers end at no known time."""
@@ -35,22 +34,16 @@ def caller_identity() -> str:
     return f"key:{name}" if name else f"addr:{request.remote_addr or 'unknown'}"
 
 
-def register_limits(app: Flask, settings: Settings) -> None:
+def register_limits(app: GptApi, settings: Settings) -> None:
     """Register after `register_auth`: the rate limit needs to know the caller."""
-    limited = settings.rate_limit or settings.max_streams_per_key
-    if limited and not settings.redis_url and settings.workers > 1:
-        log.warning(
-            "Limits are counted per worker process (%d workers): set REDIS_URL to share them.",
-            settings.workers,
-        )
+    redis_url, counts_file = settings.redis_url, app.services.limit_counts
     if not settings.rate_limit:
         return
-    redis_url = settings.redis_url
     limiter = Limiter(
         caller_identity,
         application_limits=[settings.rate_limit],
         strategy="moving-window",
-        storage_uri=redis_url or "memory://",
+        storage_uri=storage_uri(counts_file) if counts_file else redis_url,
         storage_options={"socket_connect_timeout": 2, "socket_timeout": 2} if redis_url else {},
         in_memory_fallback_enabled=bool(redis_url),
         key_prefix=settings.redis_key_prefix,

@@ -15,7 +15,6 @@ import hashlib
 import re
 import secrets
 import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -24,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from models.db import Database
 from models.entities import ApiKey, Conversation, utcnow
+from models.key_changes import KeyWatch, announce
 from services.errors import InvalidRequest, NotFound
 from services.unit_of_work import UnitOfWork
 
@@ -70,18 +70,20 @@ class ApiKeys:
         key = new_key()
         with UnitOfWork(self._db) as uow:
             uow.session.add(ApiKey(name=name, key_hash=key_hash(key), created_at=utcnow()))
+            try:
+                uow.session.flush()
+            except IntegrityError as error:
+                raise InvalidRequest(
+                    f"'{name}' already has a key; revoke it first (keys revoke {name})."
+                ) from error
             adopted = 0
             if adopt_anonymous:
                 moved = uow.session.execute(
                     update(Conversation).where(Conversation.owner == "").values(owner=name)
                 )
                 adopted = moved.rowcount  # type: ignore[attr-defined]
-            try:
-                uow.commit()
-            except IntegrityError as error:
-                raise InvalidRequest(
-                    f"'{name}' already has a key; revoke it first (keys revoke {name})."
-                ) from error
+            announce(uow.session)
+            uow.commit()
         return NewKey(name, key, adopted)
 
     def revoke(self, name: str) -> None:
@@ -93,6 +95,7 @@ class ApiKeys:
             )
             if revoked.rowcount == 0:  # type: ignore[attr-defined]
                 raise NotFound(f"'{name}' has no key to revoke.")
+            announce(uow.session)
             uow.commit()
 
     def list(self) -> list[KeyInfo]:
@@ -107,20 +110,20 @@ class ApiKeys:
 
 
 class KeyRing:
-    """Which keys are valid now, from a copy of the unrevoked keys at most `ttl` seconds old.
+    """Which keys are valid now: a copy of the unrevoked keys, reloaded whenever they change.
 
-    Several instances share one database: the copy's short life is what makes a key made or
-    revoked elsewhere count here within seconds, for one small query per `ttl` per process
-    instead of one per request. A request that finds the copy being refreshed uses the old
-    one rather than wait; a refresh that fails (the database is down) raises, and the next
-    request tries again.
+    Before each use the copy is checked against the key generation (`KeyWatch`: one tiny
+    read, see `models/key_changes.py`), so a key made or revoked by any process counts on
+    the very next request in every process. An unknown key is answered from the copy, so
+    guessing keys costs the database no more than a valid key does. A request that finds
+    the copy stale waits for the one reload rather than use the old copy.
     """
 
-    def __init__(self, db: Database, ttl: float) -> None:
+    def __init__(self, db: Database, watch: KeyWatch) -> None:
         self._db = db
-        self._ttl = ttl
-        self._owners: dict[str, str] | None = None
-        self._expires = 0.0
+        self._watch = watch
+        self._copy: tuple[int, dict[str, str]] | None = None
+        """The generation read before the keys were loaded, and the keys (hash: name)."""
         self._lock = threading.Lock()
 
     def any(self) -> bool:
@@ -132,19 +135,14 @@ class KeyRing:
         return self._current().get(key_hash(key))
 
     def _current(self) -> dict[str, str]:
-        owners = self._owners
-        if owners is not None and time.monotonic() < self._expires:
-            return owners
-        if not self._lock.acquire(blocking=owners is None):
-            assert owners is not None
-            return owners
-        try:
-            if self._owners is None or time.monotonic() >= self._expires:
-                self._owners = self._load()
-                self._expires = time.monotonic() + self._ttl
-            return self._owners
-        finally:
-            self._lock.release()
+        generation = self._watch.generation()
+        copy = self._copy
+        if copy is not None and copy[0] >= generation:
+            return copy[1]
+        with self._lock:
+            if self._copy is None or self._copy[0] < generation:
+                self._copy = (generation, self._load())  # loaded after `generation` was read
+            return self._copy[1]
 
     def _load(self) -> dict[str, str]:
         with UnitOfWork(self._db) as uow:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from config import Settings
 from models.db import Database
+from models.key_changes import KeyWatch
 from services.api_keys import KeyRing
 from services.asking import AskService
 from services.chat_completions import ChatCompletionService
@@ -17,6 +19,7 @@ from services.metrics import Metrics
 from services.model_catalog import ModelCatalog
 from services.providers import build_provider
 from services.responses import ResponseService
+from services.shared_counts import new_counts_file
 from services.stream_slots import StreamSlots, build_slots
 from services.titles import TitleWriter
 
@@ -33,6 +36,8 @@ class Services:
     conversations: ConversationService
     titles: TitleWriter
     slots: StreamSlots
+    limit_counts: Path | None
+    """The file this instance's workers share their limit counts in (without Redis)."""
     chat_completions: ChatCompletionService
     models: ModelCatalog
     responses: ResponseService
@@ -71,15 +76,18 @@ def build_services(settings: Settings) -> Services:
         max_prompt_chars=settings.max_prompt_chars,
     )
     conversations = ConversationService(database, provider)
+    limited = settings.rate_limit or settings.max_streams_per_key
+    limit_counts = new_counts_file() if limited and not settings.redis_url else None
     return Services(
         settings=settings,
         database=database,
         metrics=metrics,
-        keys=KeyRing(database, settings.auth_cache_seconds),
+        keys=KeyRing(database, KeyWatch(database)),
         asking=asking,
         conversations=conversations,
         titles=titles,
-        slots=build_slots(settings.max_streams_per_key, settings.redis_url, settings.redis_key_prefix),
+        slots=build_slots(settings.max_streams_per_key, settings.redis_url, settings.redis_key_prefix, limit_counts),
+        limit_counts=limit_counts,
         chat_completions=ChatCompletionService(
             database,
             provider,

@@ -40,7 +40,7 @@ class ServerProcess:
         self.process: subprocess.Popen[str] | None = None
         self.output = ""
 
-    def start(self, timeout: float = 20.0) -> ServerProcess:
+    def start(self, timeout: float = 60.0) -> ServerProcess:
         self.process = subprocess.Popen(
             [sys.executable, *(self.args if self.args[:1] == ("-c",) else ("app.py", *self.args))],
             cwd=self.cwd,

@@ -44,7 +44,7 @@ def proxied_url(postgresql_url: str, proxy: TcpProxy) -> str:
 
 @pytest.fixture
 def proxied_app(proxied_url: str, fake_upstream: FakeOpenAI) -> Iterator[Flask]:
-    app = create_app(make_settings(proxied_url, fake_upstream.url, db_timeout=DB_TIMEOUT, auth_cache_seconds=0))
+    app = create_app(make_settings(proxied_url, fake_upstream.url, db_timeout=DB_TIMEOUT))
     yield app
     app.services.titles.close()
     app.services.database.dispose()

@@ -152,7 +152,7 @@ def test_arbitrary_bytes_methods_and_content_types_never_cause_a_server_error(
 
 @pytest.fixture
 def settings_overrides() -> dict[str, object]:
-    return {"auth_cache_seconds": 0}
+    return {}
 
 
 @pytest.mark.parametrize("field", ["prompt", "model", "title"])

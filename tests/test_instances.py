@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, text
 
 from fakes.openai_upstream import FakeOpenAI, Reply
 from tests.conftest import UPSTREAM_KEY
-from tests.helpers import check_tree, wait_until
+from tests.helpers import check_tree
 from tests.server_process import PROJECT_ROOT, ServerProcess
 
 pytestmark = pytest.mark.e2e  # the real server process
@@ -37,7 +37,6 @@ def env(postgresql_url: str, redis_url: str, fake_upstream_server: FakeOpenAI) -
         "GENERATE_TITLES": "false",
         "RATE_LIMIT": f"{RATE_LIMIT}/minute",
         "MAX_STREAMS_PER_KEY": "1",
-        "AUTH_CACHE_SECONDS": "0.5",
     }
     client = redis.Redis.from_url(redis_url)
     for key in client.scan_iter(f"*{prefix}*"):
@@ -138,12 +137,11 @@ def test_answers_in_flight_are_capped_across_instances(
     assert answer(instances[1], key, prompt="now")["message"] == "Echo: now"
 
 
-def test_a_revoked_key_is_refused_by_every_instance_within_seconds(
+def test_a_key_made_or_revoked_counts_at_once_on_every_instance(
     instances: list[ServerProcess], env: dict[str, str]
 ) -> None:
     key = keys_command(env, "create", "erin")
     headers = {"Authorization": f"Bearer {key}"}
-    assert all(server.post("conversation", {}, headers=headers).status_code == 200 for server in instances)
+    assert [server.post("conversation", {}, headers=headers).status_code for server in instances] == [200, 200]
     keys_command(env, "revoke", "erin")
-    for server in instances:
-        wait_until(lambda s=server: s.post("conversation", {}, headers=headers).status_code == 401, timeout=5)
+    assert [server.post("conversation", {}, headers=headers).status_code for server in instances] == [401, 401]

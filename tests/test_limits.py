@@ -1,12 +1,18 @@
-"""Per-key rate limit, per-key cap on answers in flight (memory and Redis), maximum prompt length."""
+"""Per-key rate limit, per-key cap on answers in flight (an instance's shared file, and Redis),
+maximum prompt length. tests/test_workers.py checks that the workers of one instance share them."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from limits import parse
+from limits.storage import storage_from_string
+from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 from sqlalchemy import func, select
 from werkzeug.test import TestResponse
 
@@ -16,6 +22,7 @@ from fakes.net import free_port
 from fakes.openai_upstream import Fail, FakeOpenAI, Reply
 from models.entities import Message
 from services.api_keys import ApiKeys
+from services.rate_storage import storage_uri
 from tests.conftest import make_settings
 from tests.helpers import error_of, ok
 
@@ -45,7 +52,7 @@ def count_messages(app: Flask) -> int:
 # -- the rate limit ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("settings_overrides", [{"rate_limit": "3/minute", "auth_cache_seconds": 0}])
+@pytest.mark.parametrize("settings_overrides", [{"rate_limit": "3/minute"}])
 def test_rate_limit_counts_every_route_per_key(app: Flask, client: FlaskClient) -> None:
     alice, bob = new_key(app, "alice"), new_key(app, "bob")
     ok(call(client, "ask", {"prompt": "one"}, alice))
@@ -72,6 +79,22 @@ def test_no_rate_limit_by_default(client: FlaskClient) -> None:
         ok(call(client, "conversation", {}))
 
 
+def test_the_shared_file_is_a_whole_storage_for_limits(tmp_path: Path) -> None:
+    storage = storage_from_string(storage_uri(tmp_path / "counts.sqlite3"))
+    two_a_minute = parse("2/minute")
+    for strategy in (MovingWindowRateLimiter(storage), FixedWindowRateLimiter(storage)):
+        assert strategy.hit(two_a_minute, "alice") and strategy.hit(two_a_minute, "alice")
+        assert not strategy.hit(two_a_minute, "alice") and not strategy.test(two_a_minute, "alice")
+        reset_at, remaining = strategy.get_window_stats(two_a_minute, "alice")
+        assert remaining == 0 and time.time() < reset_at <= time.time() + 60
+        assert strategy.hit(two_a_minute, "bob")  # each caller has its own window
+        strategy.clear(two_a_minute, "alice")
+        assert strategy.hit(two_a_minute, "alice")
+    assert storage.check()
+    assert storage.reset() == 2  # alice and bob, counted in either window
+    assert MovingWindowRateLimiter(storage).get_window_stats(two_a_minute, "alice").remaining == 2
+
+
 def two_instances(database_url: str, fake_upstream: FakeOpenAI, **overrides: Any) -> list[Flask]:
     return [create_app(make_settings(database_url, fake_upstream.url, **overrides)) for _ in range(2)]
 
@@ -85,7 +108,7 @@ def test_rate_limit_in_redis_is_shared_by_instances(
     database_url: str, fake_upstream: FakeOpenAI, redis_url: str, redis_prefix: str
 ) -> None:
     apps = two_instances(database_url, fake_upstream, rate_limit="4/minute", redis_url=redis_url,
-                         redis_key_prefix=redis_prefix, auth_cache_seconds=0)
+                         redis_key_prefix=redis_prefix)
     try:
         key = new_key(apps[0], "alice")
         first, second = (app.test_client() for app in apps)
@@ -126,7 +149,7 @@ def slow_reply() -> Reply:
     return Reply(text="a b c d e f", chunks=["a ", "b ", "c ", "d ", "e ", "f"], chunk_delay=0.2)
 
 
-@pytest.mark.parametrize("settings_overrides", [{"max_streams_per_key": 1, "auth_cache_seconds": 0}])
+@pytest.mark.parametrize("settings_overrides", [{"max_streams_per_key": 1}])
 def test_one_key_may_have_only_so_many_answers_in_flight(
     app: Flask, client: FlaskClient, fake_upstream: FakeOpenAI
 ) -> None:
@@ -172,7 +195,7 @@ def test_answers_in_flight_are_counted_across_instances_in_redis(
     database_url: str, fake_upstream: FakeOpenAI, redis_url: str, redis_prefix: str
 ) -> None:
     apps = two_instances(database_url, fake_upstream, max_streams_per_key=1, redis_url=redis_url,
-                         redis_key_prefix=redis_prefix, auth_cache_seconds=0)
+                         redis_key_prefix=redis_prefix)
     try:
         key = new_key(apps[0], "alice")
         first, second = (app.test_client() for app in apps)

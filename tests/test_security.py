@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select, text
 from werkzeug.test import TestResponse
 
 from api.auth import is_loopback, refusal
@@ -23,15 +23,11 @@ from services.unit_of_work import UnitOfWork
 from fakes.net import free_port
 from fakes.openai_upstream import FakeOpenAI
 from models.entities import ApiKey, Conversation, Message
+from models.key_changes import READ_GENERATION
 from services.api_keys import ApiKeys
 from tests.conftest import make_settings
 from tests.helpers import check_tree, error_of, ok, post
 from tests.server_process import PROJECT_ROOT
-
-
-@pytest.fixture
-def settings_overrides() -> dict[str, object]:
-    return {"auth_cache_seconds": 0}  # every request sees the key table as it is now
 
 
 def new_key(app: Flask, name: str) -> str:
@@ -199,18 +195,44 @@ def test_conversations_made_without_keys_are_not_visible_to_a_key(app: Flask, cl
     error_of(call(client, "msg/history", {"convo_id": anonymous["conversation_id"]}, key), 404)
 
 
-def test_a_key_made_by_another_process_counts_within_the_cache_time(
-    database_url: str, fake_upstream: FakeOpenAI
+def test_a_key_made_or_revoked_by_another_process_counts_on_the_next_request(
+    app: Flask, client: FlaskClient, database_url: str
 ) -> None:
-    app = create_app(make_settings(database_url, fake_upstream.url, auth_cache_seconds=30))
+    assert ok(post(client, "conversation", {})) == []  # no key: open, and the copy is loaded
+    key = run_cli(database_url, "keys", "create", "alice").stdout.strip()
+    error_of(post(client, "conversation", {}), 401)
+    assert ok(call(client, "conversation", {}, key)) == []
+    assert run_cli(database_url, "keys", "revoke", "alice").exit_code == 0
+    error_of(call(client, "conversation", {}, key), 401)
+
+
+def test_unknown_keys_are_refused_without_looking_each_up(app: Flask, client: FlaskClient) -> None:
+    """Guessing costs the database what a valid key costs (the generation read), no lookup."""
+    key = new_key(app, "alice")
+    assert ok(call(client, "conversation", {}, key)) == []  # loads the copy of the keys
+    statements: list[str] = []
+    engine = app.services.database.engine
+    event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    for n in range(20):
+        error_of(call(client, "conversation", {}, f"gpa_guess{n}"), 401)
+    assert statements == []
+
+
+def test_the_key_check_replaces_a_connection_that_postgresql_closed(
+    postgresql_url: str, fake_upstream: FakeOpenAI
+) -> None:
+    app = create_app(make_settings(postgresql_url, fake_upstream.url))
     client = app.test_client()
-    try:
-        assert ok(post(client, "conversation", {})) == []  # no key: open, and now cached
-        key = run_cli(database_url, "keys", "create", "alice").stdout.strip()
-        assert ok(post(client, "conversation", {})) == []  # within the cache time: still open
-        app.services.keys._expires = 0  # the cache time has passed
-        error_of(post(client, "conversation", {}), 401)
-        assert ok(call(client, "conversation", {}, key)) == []
+    try:  # a 401 for an unknown key (not a 503) shows that the generation was read
+        error_of(call(client, "conversation", {}, "gpa_unknown"), 401)
+        with app.services.database.engine.connect() as connection:
+            ended = connection.execute(
+                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     "WHERE datname = current_database() AND query = :read"),
+                {"read": READ_GENERATION},
+            ).scalars().all()
+        assert True in ended  # as a restart or an idle timeout would
+        error_of(call(client, "conversation", {}, "gpa_unknown"), 401)
     finally:
         app.services.database.dispose()
 
@@ -227,7 +249,7 @@ def test_loopback_detection() -> None:
 def test_without_keys_a_non_loopback_server_refuses_every_request(
     database_url: str, fake_upstream: FakeOpenAI
 ) -> None:
-    app = create_app(make_settings(database_url, fake_upstream.url, host="0.0.0.0", auth_cache_seconds=0))
+    app = create_app(make_settings(database_url, fake_upstream.url, host="0.0.0.0"))
     try:
         assert "ALLOW_UNAUTHENTICATED" in (refusal(app.services.settings, app.services.keys) or "")
         error = error_of(app.test_client().post("/api/chat/conversation", json={}), 401)
@@ -305,7 +327,7 @@ def test_cors_is_off_by_default(client: FlaskClient) -> None:
     assert "Access-Control-Allow-Origin" not in answer.headers
 
 
-@pytest.mark.parametrize("settings_overrides", [{"cors_origins": ["https://app.example"], "auth_cache_seconds": 0}])
+@pytest.mark.parametrize("settings_overrides", [{"cors_origins": ["https://app.example"]}])
 def test_cors_allows_only_the_listed_origins_and_preflights_need_no_key(app: Flask, client: FlaskClient) -> None:
     key = new_key(app, "alice")
     allowed = preflight(client, "https://app.example")
@@ -345,7 +367,7 @@ def test_with_keys_clear_deletes_only_the_callers_chatgpt_conversations_upstream
     with FakeChatGPTBackend() as backend:
         app = create_app(make_settings(
             database_url, None, llm_provider="chatgpt", chatgpt_access_token=backend.token,
-            chatgpt_base_url=backend.url, upstream_read_timeout=3.0, auth_cache_seconds=0,
+            chatgpt_base_url=backend.url, upstream_read_timeout=3.0,
         ))
         client = app.test_client()
         try:
