@@ -96,7 +96,9 @@ def echo(body: dict) -> Behaviour:
     messages = body.get("messages") or [{}]
     content = messages[-1].get("content") or ""
     if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}, ...]
-        content = "".join(part.get("text", "") for part in content)
+        content = "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    if not isinstance(content, str):
+        content = json.dumps(content)
     return Reply(text=f"Echo: {content}")
 
 

@@ -254,6 +254,9 @@ def test_continuing_is_one_conversation_and_edits_and_regenerations_are_branches
     assert tree["current_node"] == answer_of[third.id]["id"]
     path = alice.chat.completions.messages.list(third.id)
     assert [m.content for m in path.data] == ["You are terse.", "Hi", "Echo: Hi", "More", "Echo: More", "Last"]
+    conversation = next(c for c in listed if node_or_none(history(app, alice, c), first.id))
+    items = alice.conversations.items.list(conversation, order="asc")  # the current branch, through /v1 too
+    assert [item.content[0].text for item in items] == [m.content for m in path.data] + ["Echo: Last"]
 
 
 def node_or_none(tree: dict[str, Any], completion_id: str) -> dict[str, Any] | None:

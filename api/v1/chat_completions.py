@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from typing import Any
 
 from flask import Response, jsonify, request
 from flask_openapi3 import APIBlueprint, Tag
-from prometheus_client import Gauge
 
 from api.bodies import require_json_object
 from api.context import current_caller, services
-from api.errors import as_service_error, openai_error_body, status_of
 from api.limits import answer_slot
 from api.openapi import KEY_OR_NONE
-from api.sse import DONE, HEADERS, KEEP_ALIVE, EventPump
+from api.v1.chunk_stream import chunk_stream
 from api.v1.schemas import (
     ChatCompletionBody,
     ChatCompletionDeletedObject,
@@ -111,54 +107,3 @@ def delete_chat_completion(path: ChatCompletionPath) -> Response:
     services().chat_completions.delete(current_caller().owner, path.completion_id)
     completion_id = ids.encode(ids.CHAT_COMPLETION, path.completion_id)
     return jsonify({"id": completion_id, "object": "chat.completion.deleted", "deleted": True})
-
-
-# -- the stream ---------------------------------------------------------------------------
-
-
-def _data(payload: dict[str, Any]) -> str:
-    return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
-
-
-def _error(error: BaseException) -> str:
-    """A failure after the stream began, as OpenAI's SDKs read one: `data: {"error": ...}`."""
-    known = as_service_error(error) if isinstance(error, Exception) else None
-    if known is None:
-        return _data(openai_error_body(500, "internal_error", "Something went wrong on our side."))
-    return _data(openai_error_body(status_of(known), known.code, known.message, known.details.get("param")))
-
-
-def chunk_stream(chunks: Iterator[dict[str, Any]], keep_alive: float) -> Response:
-    """The upstream's chunks as server-sent events, with keep-alive comments while it is silent.
-    The first chunk is awaited, so a refusal still gets its HTTP status."""
-    pump = EventPump(chunks)  # type: ignore[arg-type]  # the pump passes any item through
-    first = pump.get(keep_alive)
-    if isinstance(first, BaseException):
-        raise first
-    return Response(
-        _lines(pump, first, keep_alive, services().metrics.open_streams),
-        mimetype="text/event-stream",
-        headers=HEADERS,
-    )
-
-
-def _lines(pump: EventPump, first: Any, keep_alive: float, open_streams: Gauge) -> Iterator[str]:
-    """Chunks as they come, then `[DONE]`; an error event instead if the answer breaks off."""
-    open_streams.inc()
-    try:
-        item = first
-        while True:
-            if item is None:
-                yield KEEP_ALIVE
-            elif isinstance(item, dict):
-                yield _data(item)
-            elif isinstance(item, BaseException):
-                yield _error(item)
-                return
-            else:  # the end
-                break
-            item = pump.get(keep_alive)
-        yield DONE
-    finally:
-        open_streams.dec()
-        pump.close()

@@ -17,7 +17,7 @@ bp = APIBlueprint(
     url_prefix="/v1",
     abp_tags=[MODELS],
     abp_security=KEY_OR_NONE,
-    abp_responses=errors(401, 429, 500, 502, 503, 504),
+    abp_responses=errors(400, 401, 429, 500, 502, 503, 504),
 )
 
 

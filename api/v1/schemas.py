@@ -729,19 +729,28 @@ class ChatCompletionPayload(TypedDict):
     metadata: NotRequired[dict[str, str]]
 
 
+CHUNK_STREAM_EVENT: dict[str, Any] = {
+    "description": "With `stream: true`, each server-sent event: `data: <chat.completion.chunk>` as the "
+    "upstream sent it, then `data: [DONE]`; a failure after the first chunk is `data: {\"error\": ...}` "
+    "(OpenAI's error object), which ends the stream. Comments (`: keep-alive`) fill silences.",
+    "type": "object",
+    "required": ["data"],
+    "properties": {"event": {"const": "message"}, "data": {"type": "string"}},
+    "if": {"properties": {"data": {"const": "[DONE]"}}},
+    "else": {
+        "properties": {
+            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": {"type": "object"}}
+        }
+    },
+}
+"""One event of the stream (as for `ask`: OpenAPI 3.1 has no word for event streams)."""
+
+
 class ChatCompletionObject(RootModel[ChatCompletionPayload]):
-    """A chat completion, or with `stream: true` server-sent events: `data: <chat.completion.chunk>`
-    per chunk as the upstream sent it, then `data: [DONE]`; if the answer breaks off,
-    `data: {"error": {...}}` instead."""
+    """A chat completion, or with `stream: true` its chunks as server-sent events."""
 
     model_config = ConfigDict(
-        openapi_extra={  # type: ignore[typeddict-unknown-key]  # read by flask-openapi3
-            "content": {
-                "text/event-stream": {
-                    "schema": {"type": "string", "description": "With `stream: true`: the events above."}
-                }
-            }
-        },
+        openapi_extra={"content": {"text/event-stream": {"schema": CHUNK_STREAM_EVENT}}},  # type: ignore[typeddict-unknown-key]
     )
 
 
