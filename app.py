@@ -35,6 +35,7 @@ from api.hardening import register_hardening
 from api.limits import register_limits
 from api.ops import bp as ops_bp
 from api.request_log import register_request_log
+from api.web import bp as web_bp
 from config import INSTANCE_DIR, Settings
 from log_config import configure_logging
 from models.db import Database
@@ -88,6 +89,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(chat_bp)
     app.register_blueprint(ops_bp)
     app.register_blueprint(docs_bp)
+    if settings.web_ui:
+        app.register_blueprint(web_bp)
     register_error_handlers(app)
     register_request_log(app)
     app.extensions["api_keys"] = keys = KeyRing(db, settings.auth_cache_seconds)

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     upstream_max_retries: int = Field(default=2, ge=0)
 
     generate_titles: bool = True
+    web_ui: bool = True
+    """Serve the chat page at `/`; false for API-only deployments."""
     migrate_on_start: bool = True
     sse_keep_alive_seconds: float = Field(default=15.0, gt=0)
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)

@@ -131,6 +131,16 @@ OPERATIONS: dict[str, Operation] = {
         tag="operations",
         content={"text/javascript": {"schema": {"type": "string"}}},
     ),
+    "web.page": Operation(
+        "The chat page (WEB_UI=false turns it off)",
+        tag="operations",
+        content={"text/html": {"schema": {"type": "string"}}},
+    ),
+    "web.web_file": Operation(
+        "The chat page's files (from the repository's web/ folder)",
+        tag="operations",
+        content={"application/octet-stream": {"schema": {"type": "string"}}},
+    ),
     "docs.static": Operation(
         "Swagger UI's files (from the flask-swagger-ui package)",
         tag="operations",
