@@ -27,6 +27,7 @@ from api.limits import register_limits
 from api.openapi import openapi_options
 from api.ops import bp as ops_bp
 from api.request_log import register_request_log
+from api.web import bp as web_bp
 from api.v1.chat_completions import bp as v1_chat_completions_bp
 from api.v1.models import bp as v1_models_bp
 from api.v1.conversations import bp as v1_conversations_bp
@@ -49,6 +50,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.register_api(chat_bp)
     app.register_api(ops_bp)
     app.register_api(docs_bp)
+    if settings.web_ui:
+        app.register_api(web_bp)
     app.register_api(v1_chat_completions_bp)
     app.register_api(v1_models_bp)
     app.register_api(v1_responses_bp)

@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     """Keep /v1/chat/completions exchanges as conversations (a request's `store: false` keeps one out)."""
     models_cache_seconds: float = Field(default=60.0, ge=0)
     """How long /v1/models answers from its copy of the upstream's list."""
+    web_ui: bool = True
+    """Serve the chat page at `/`; false for API-only deployments."""
     migrate_on_start: bool = True
     sse_keep_alive_seconds: float = Field(default=15.0, gt=0)
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)

@@ -19,7 +19,7 @@ ROUTES = [
 
 def test_unknown_route_is_a_json_404(client: FlaskClient) -> None:
     assert error_of(client.post("/api/chat/nope", json={}), 404)["code"] == "not_found"
-    assert error_of(client.get("/"), 404)["code"] == "not_found"
+    assert error_of(client.get("/nope"), 404)["code"] == "not_found"
 
 
 @pytest.mark.parametrize("route", ROUTES)
