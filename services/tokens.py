@@ -28,7 +28,17 @@ def _encoding() -> tiktoken.Encoding:
 
 def count_text(text: str) -> int:
     """Tokens in `text`; special-token markers in user text count as plain text."""
-    return len(_encoding().encode(text, disallowed_special=()))
+    return len(encode(text))
+
+
+def encode(text: str) -> list[int]:
+    """The tokens of `text` (special-token markers as plain text)."""
+    return _encoding().encode(text, disallowed_special=())
+
+
+def decode(token_ids: list[int]) -> str:
+    """Text back from tokens; a character split between two slices decodes as U+FFFD."""
+    return _encoding().decode(token_ids)
 
 
 def count_prompt(messages: Sequence[ChatMessage]) -> int:

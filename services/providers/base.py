@@ -8,8 +8,9 @@ report the ids the upstream assigned in the chunks they yield.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 Role = Literal["system", "user", "assistant"]
@@ -22,6 +23,9 @@ class ChatMessage:
     role: Role
     content: str
     upstream_id: str | None = None
+    node_id: uuid.UUID | None = field(default=None, compare=False)
+    """The stored message this one is (None for text that is no node of the tree): what its
+    token count is cached under (`services/context_budget.py`)."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,8 @@ class ReplyChunk:
     upstream_message_id: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    upstream: str | None = None
+    """Which of several configured upstreams answered (`UPSTREAMS`); None with a single one."""
 
 
 @dataclass(frozen=True)
