@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -41,18 +42,20 @@ class ServerProcess:
         self.output = ""
 
     def start(self, timeout: float = 60.0) -> ServerProcess:
+        # A file, not a pipe: a busy server would fill a pipe nobody reads and freeze on a log line.
+        self._log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
             [sys.executable, *(self.args if self.args[:1] == ("-c",) else ("app.py", *self.args))],
             cwd=self.cwd,
             env=self.env,
-            stdout=subprocess.PIPE,
+            stdout=self._log,
             stderr=subprocess.STDOUT,
             text=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                self.output = self.process.stdout.read() if self.process.stdout else ""
+                self._collect_output()
                 raise RuntimeError(f"server exited early:\n{self.output}")
             try:
                 httpx.post(f"{self.url}/api/chat/conversation", json={}, timeout=1.0)
@@ -71,12 +74,19 @@ class ServerProcess:
         if self.process.poll() is None:
             self.process.send_signal(sig)
         try:
-            out, _ = self.process.communicate(timeout=timeout)
+            self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            out, _ = self.process.communicate()
-        self.output += out or ""
+            self.process.wait()
+        self._collect_output()
         return self.process.returncode
+
+    def _collect_output(self) -> None:
+        """Everything the server wrote since the last collection."""
+        self._log.seek(0)
+        self.output += self._log.read()
+        self._log.seek(0)
+        self._log.truncate()
 
     def __enter__(self) -> ServerProcess:
         return self.start()
