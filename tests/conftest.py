@@ -147,7 +147,7 @@ def make_settings(database_url: str, upstream_url: str | None, **overrides: obje
         "migrate_on_start": False,  # the session's databases are migrated once
     }
     values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
+    return Settings(_env_file=None, **values)  # type: ignore[arg-type]  # a developer's .env stays out
 
 
 @pytest.fixture
