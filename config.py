@@ -53,6 +53,8 @@ class Settings(BaseSettings):
 
     upstream_connect_timeout: float = Field(default=5.0, gt=0)
     upstream_read_timeout: float = Field(default=120.0, gt=0)
+    upstream_deadline_seconds: float = Field(default=120.0, gt=0)
+    """The most an answer may take upstream in all: every attempt, retry and wait included."""
     upstream_max_retries: int = Field(default=2, ge=0)
 
     generate_titles: bool = True
@@ -69,6 +71,12 @@ class Settings(BaseSettings):
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     worker_connections: int = Field(default=4000, ge=1)
     """Requests (open streams included) one worker holds at once; also its upstream pool."""
+    graceful_timeout: int = Field(default=30, ge=1)
+    """After SIGTERM, how long answers in flight may take; streams still open near its end
+    are ended with an error event and stored as interrupted."""
+    answer_lease_seconds: float = Field(default=30.0, gt=0)
+    """An answer being written whose process stops vouching for it this long is marked
+    interrupted by any instance."""
     db_pool_size: int = Field(default=20, ge=1)
     """Database connections each worker keeps open; a unit of work holds one only briefly."""
     db_max_overflow: int = Field(default=10, ge=0)

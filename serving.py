@@ -4,18 +4,39 @@ from __future__ import annotations
 
 import gc
 import logging
+import signal
 import sys
+from types import FrameType
+from typing import Any
 
 from flask import Flask
 
+from api.context import GptApi
+from api.sse import live_streams
 from config import Settings
 from models.db import Database
+from services.errors import DatabaseUnavailable
 from services.metrics import mark_process_dead
 
 log = logging.getLogger("gpt_api")
 
 
-def serve(app: Flask, settings: Settings, database: Database) -> None:
+def drain(app: GptApi, settle: float = 0.0) -> None:
+    """End the streams this process still has open with an `event: error` (each waiting up to
+    `settle` seconds for its answer to be stored), and mark the answers it is still writing
+    interrupted, with the text saved so far, meanwhile."""
+    ended = live_streams(app).end_all(
+        "The service is stopping; the answer so far is kept (marked interrupted). Ask again to go on.", settle
+    )
+    try:
+        marked = app.services.asking.leases.interrupt_own()
+    except DatabaseUnavailable:
+        marked = 0  # their leases run out, and another instance (or the next start) marks them
+    if ended or marked:
+        log.warning("stopping: %d stream(s) ended, %d answer(s) marked interrupted", ended, marked)
+
+
+def serve(app: GptApi, settings: Settings, database: Database) -> None:
     """Serve `app` on HOST:PORT until stopped; `database` is the one `app` uses."""
     log.info("serving on http://%s:%s", settings.host, settings.port)
     if sys.platform == "win32":
@@ -55,7 +76,7 @@ def raise_open_files_limit(settings: Settings) -> None:
         )
 
 
-def serve_with_gunicorn(app: Flask, settings: Settings, database: Database) -> None:
+def serve_with_gunicorn(app: GptApi, settings: Settings, database: Database) -> None:
     """gunicorn with gevent workers: thousands of open streams per process, each a
     greenlet rather than a thread (bench/README.md has the figures beside gthread).
 
@@ -68,6 +89,20 @@ def serve_with_gunicorn(app: Flask, settings: Settings, database: Database) -> N
     def post_fork(_server: object, _worker: object) -> None:
         database.engine.dispose(close=False)
 
+    def post_worker_init(worker: Any) -> None:
+        app.services.asking.leases.start()
+        stop = worker.handle_exit
+
+        def handle_sigterm(sig: int, frame: FrameType | None) -> None:
+            """Stop as gunicorn does; streams still open when the graceful timeout nears its
+            end are then ended cleanly rather than cut off when it runs out. (This runs in
+            gevent's loop, which must not block: the drain is a greenlet of its own.)"""
+            stop(sig, frame)
+            margin = min(5.0, settings.graceful_timeout / 5)
+            gevent.spawn_later(settings.graceful_timeout - margin, drain, app, margin / 2)
+
+        signal.signal(signal.SIGTERM, handle_sigterm)
+
     def post_request(_worker: object, _request: object, _environ: object, _response: object) -> None:
         # A keep-alive client whose next request is already waiting would be served again
         # without the worker ever yielding, and the other connections would starve.
@@ -78,9 +113,11 @@ def serve_with_gunicorn(app: Flask, settings: Settings, database: Database) -> N
         "workers": settings.workers,
         "worker_class": "gevent",
         "worker_connections": settings.worker_connections,
-        "graceful_timeout": 30,
+        "graceful_timeout": settings.graceful_timeout,
         "keepalive": 5,
         "post_fork": post_fork,
+        "post_worker_init": post_worker_init,
+        "worker_int": lambda _worker: drain(app),  # SIGINT, SIGQUIT: a quick stop, drained at once
         "post_request": post_request,
         "child_exit": lambda _server, worker: mark_process_dead(worker.pid),
         "loglevel": settings.log_level.lower(),
@@ -103,7 +140,7 @@ def serve_with_gunicorn(app: Flask, settings: Settings, database: Database) -> N
     Server().run()
 
 
-def serve_with_waitress(app: Flask, settings: Settings) -> None:
+def serve_with_waitress(app: GptApi, settings: Settings) -> None:
     """Windows has no fork and no gevent worker: waitress, a pure-Python threaded server.
 
     A thread per request in progress (an open stream holds one, and its answer another):
@@ -112,4 +149,5 @@ def serve_with_waitress(app: Flask, settings: Settings) -> None:
     import waitress
 
     threads = min(settings.worker_connections, 1000)
+    app.services.asking.leases.start()
     waitress.serve(app, host=settings.host, port=settings.port, threads=threads)

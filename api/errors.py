@@ -15,9 +15,11 @@ from services.errors import (
     NotFound,
     RateLimited,
     ServiceError,
+    ServiceStopping,
     Unauthenticated,
     UpstreamError,
     UpstreamNotConfigured,
+    UpstreamRateLimited,
     UpstreamTimeout,
 )
 
@@ -29,9 +31,11 @@ STATUS_BY_ERROR: list[tuple[type[ServiceError], int]] = [
     (Unauthenticated, 401),
     (NotFound, 404),
     (RateLimited, 429),
+    (UpstreamRateLimited, 429),
     (UpstreamTimeout, 504),
     (UpstreamError, 502),
     (UpstreamNotConfigured, 503),
+    (ServiceStopping, 503),
     (DatabaseUnavailable, 503),
 ]
 
@@ -83,7 +87,7 @@ def service_error_response(error: ServiceError) -> Response:
     response = error_response(status_of(error), error.code, error.message, **error.details)
     if isinstance(error, Unauthenticated):
         response.headers["WWW-Authenticate"] = 'Bearer realm="gpt-api"'
-    if isinstance(error, RateLimited):
+    if isinstance(error, (RateLimited, UpstreamRateLimited)) and "retry_after" in error.details:
         response.headers["Retry-After"] = str(error.details["retry_after"])
     return response
 

@@ -8,13 +8,14 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from flask import Response
+from flask import Flask, Response, current_app
 from prometheus_client import Gauge
 
 from api.errors import as_service_error, error_body
 from api.context import services
 from api.schemas import answer_payload
 from services.asking import AnswerEvent
+from services.errors import ServiceError, ServiceStopping
 
 KEEP_ALIVE = ": keep-alive\n\n"
 DONE = "data: [DONE]\n\n"
@@ -39,11 +40,15 @@ class EventPump:
         self._events = events
         self._queue: queue.Queue[AnswerEvent | BaseException | _End] = queue.Queue()
         self._stopped = threading.Event()
-        threading.Thread(target=self._run, name="answer-pump", daemon=True).start()
+        self._conversation_id: str | None = None
+        self._settle = 0.0
+        self._reader = threading.Thread(target=self._run, name="answer-pump", daemon=True)
+        self._reader.start()
 
     def _run(self) -> None:
         try:
             for event in self._events:
+                self._conversation_id = str(event.answer.conversation_id)
                 self._queue.put(event)
                 if self._stopped.is_set():
                     break
@@ -62,7 +67,49 @@ class EventPump:
             return None
 
     def close(self) -> None:
+        """Ask the reader to stop; after an interruption, wait for it (up to the time it was
+        given) to store the answer."""
         self._stopped.set()
+        self._reader.join(self._settle)
+
+    def interrupt(self, error: ServiceError, settle: float) -> None:
+        """End the stream now with `error`; the reader stops at its next event and stores the
+        answer as interrupted, which the response waits for up to `settle` seconds."""
+        if self._conversation_id is not None:
+            error.details.setdefault("conversation_id", self._conversation_id)
+        self._settle = settle
+        self._queue.put(error)
+        self._stopped.set()
+
+
+class LiveStreams:
+    """The answers this process is streaming, so that a shutdown ends each with an error event
+    (its answer stored as interrupted) instead of cutting it off."""
+
+    def __init__(self) -> None:
+        self._pumps: set[EventPump] = set()
+        self._lock = threading.Lock()
+
+    def add(self, pump: EventPump) -> None:
+        with self._lock:
+            self._pumps.add(pump)
+
+    def discard(self, pump: EventPump) -> None:
+        with self._lock:
+            self._pumps.discard(pump)
+
+    def end_all(self, message: str, settle: float = 0.0) -> int:
+        """End every open stream with a `service_stopping` error, each waiting up to `settle`
+        seconds for its answer to be stored; how many there were."""
+        with self._lock:
+            pumps = list(self._pumps)
+        for pump in pumps:
+            pump.interrupt(ServiceStopping(message), settle)
+        return len(pumps)
+
+
+def live_streams(app: Flask) -> LiveStreams:
+    return app.extensions.setdefault("gpt_api.live_streams", LiveStreams())  # type: ignore[no-any-return]
 
 
 def _data(payload: dict[str, Any]) -> str:
@@ -118,22 +165,31 @@ def stream_response(
     `writer` says how events are written (`ask`'s way by default).
     """
     pump = EventPump(events)
+    streams = live_streams(current_app)
+    streams.add(pump)
     first = pump.get(keep_alive)
     if isinstance(first, BaseException):
+        streams.discard(pump)
+        pump.close()
         raise first
     if isinstance(first, _End):  # an answer always ends with a final event; defensive
         first = None
     upstream = first.answer.upstream_seconds if first is not None else keep_alive
     open_streams = services().metrics.open_streams
     return Response(
-        _lines(pump, first, keep_alive, open_streams, writer or AskWriter()),
+        _lines(pump, first, keep_alive, open_streams, writer or AskWriter(), streams),
         mimetype="text/event-stream",
         headers={**HEADERS, "Server-Timing": timing(upstream)},
     )
 
 
 def _lines(
-    pump: EventPump, first: AnswerEvent | None, keep_alive: float, open_streams: Gauge, writer: Writer
+    pump: EventPump,
+    first: AnswerEvent | None,
+    keep_alive: float,
+    open_streams: Gauge,
+    writer: Writer,
+    streams: LiveStreams,
 ) -> Iterator[str]:
     """The response body: events as they come, an error event if the answer breaks off."""
     open_streams.inc()
@@ -153,4 +209,5 @@ def _lines(
         yield writer.end()
     finally:
         open_streams.dec()
+        streams.discard(pump)
         pump.close()

@@ -90,6 +90,9 @@ class Message(Base):
     upstream_id: Mapped[str | None] = mapped_column(String(64))
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    """An answer being written (`in_progress`): until when its process vouches for it. The
+    process renews it while it lives; past it, any instance marks the answer interrupted."""
     original_id: Mapped[str | None] = mapped_column(Text)
     """An imported node's id when it was no UUID (`client-created-root`): export gives it back."""
     original: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
@@ -100,9 +103,21 @@ class Message(Base):
     path_hash: Mapped[str | None] = mapped_column(String(64))
     """For messages of /v1/chat/completions: the hash of the path from the root to here
     (`services/message_paths.py`), by which a later request that repeats it is threaded here."""
+    summary: Mapped[str | None] = mapped_column(Text)
+    """A summary of the path's messages after the system prompt down to this one, sent in their
+    place once the branch outgrew the model's window (CONTEXT_STRATEGY=summarize)."""
+    answer_details: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    """An answer's metadata beyond its model: the upstream that wrote it (with several), and
+    how its context was fitted into the model's window (when it did not fit whole)."""
 
     __table_args__ = (
         Index("ix_messages_conversation_created", "conversation_id", "created_at"),
+        Index(
+            "ix_messages_in_progress_lease",
+            "lease_expires_at",
+            postgresql_where=text("status = 'in_progress'"),
+            sqlite_where=text("status = 'in_progress'"),
+        ),
         Index("ix_messages_parent", "parent_id"),
         Index(
             "ix_messages_path_hash",

@@ -31,9 +31,12 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from models.entities import DEFAULT_TITLE, ChatCompletion, Conversation, Message
+from models.statuses import IN_PROGRESS, INTERRUPTED
 
 MESSAGE_COLUMNS = tuple(Message.__table__.columns)
 SUMMARY_COLUMNS = (Conversation.id, Conversation.title, Conversation.created_at, Conversation.updated_at)
+_IN_PROGRESS = literal(IN_PROGRESS, literal_execute=True)
+"""Written into the statement, so both databases use the partial index on answers in progress."""
 
 
 def _path_query(conversation_id: uuid.UUID, message_id: uuid.UUID) -> Select[Any]:
@@ -159,6 +162,47 @@ class ConversationRepository:
 
     def update_message(self, message_id: uuid.UUID, **values: Any) -> None:
         self.session.execute(update(Message).where(Message.id == message_id).values(values))
+
+    # -- answers being written -----------------------------------------------
+
+    def save_progress(self, message_id: uuid.UUID, content: str, lease_expires_at: datetime) -> None:
+        """The text so far of an answer being written, and its renewed lease (once the answer
+        is no longer in progress, its final save has the last word)."""
+        self.session.execute(
+            update(Message)
+            .where(Message.id == message_id, Message.status == _IN_PROGRESS)
+            .values(content=content, lease_expires_at=lease_expires_at)
+        )
+
+    def renew_leases(self, message_ids: Sequence[uuid.UUID], lease_expires_at: datetime) -> None:
+        for start in range(0, len(message_ids), 500):
+            self.session.execute(
+                update(Message)
+                .where(Message.id.in_(message_ids[start : start + 500]), Message.status == _IN_PROGRESS)
+                .values(lease_expires_at=lease_expires_at)
+            )
+
+    def interrupt_answers(
+        self, *, expired_before: datetime | None = None, message_ids: Sequence[uuid.UUID] = ()
+    ) -> int:
+        """Mark answers in progress interrupted: those whose lease ran out before `expired_before`
+        (their process is gone), and those of `message_ids`; they keep the text saved so far."""
+        interrupted = {"status": INTERRUPTED, "finish_details": "interrupted", "end_turn": False,
+                       "lease_expires_at": None}
+        count = 0
+        if expired_before is not None:
+            count += self.session.execute(
+                update(Message)
+                .where(Message.status == _IN_PROGRESS, Message.lease_expires_at < expired_before)
+                .values(interrupted)
+            ).rowcount  # type: ignore[attr-defined]
+        for start in range(0, len(message_ids), 500):
+            count += self.session.execute(
+                update(Message)
+                .where(Message.id.in_(message_ids[start : start + 500]), Message.status == _IN_PROGRESS)
+                .values(interrupted)
+            ).rowcount  # type: ignore[attr-defined]
+        return count
 
     # -- /v1/chat/completions: threading and stored completions ---------------
 

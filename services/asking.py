@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -17,9 +18,12 @@ from typing import Any
 from models.db import Database
 from models.entities import DEFAULT_TITLE, utcnow
 from models.repository import ConversationRepository
+from models.statuses import FINISHED, IN_PROGRESS, INTERRUPTED
 from services import tokens
+from services.answer_leases import AnswerLeases
 from services.errors import (
     ConversationNotFound,
+    DatabaseUnavailable,
     InvalidRequest,
     ParentNotFound,
     UpstreamError,
@@ -30,9 +34,15 @@ from services.providers.base import ChatMessage, Provider, ReplyChunk, ReplyRequ
 from services.titles import TitleWriter
 from services.unit_of_work import UnitOfWork
 
-FINISHED = "finished_successfully"
-IN_PROGRESS = "in_progress"
-INTERRUPTED = "finished_partial_completion"
+
+@dataclass(frozen=True)
+class SavingPace:
+    """While an answer streams, its text so far is saved again once `seconds` have passed since
+    the last save, or `chars` more have come: a crash loses at most that much, and a fast
+    stream costs a write per `chars`, not one per chunk."""
+
+    seconds: float = 0.5
+    chars: int = 8192
 
 
 @dataclass(frozen=True)
@@ -131,6 +141,35 @@ def _storable(chunk: ReplyChunk) -> ReplyChunk:
     return replace(chunk, delta=chunk.delta.replace("\x00", "\ufffd"))
 
 
+@contextmanager
+def _naming_the_conversation(conversation_id: uuid.UUID) -> Iterator[None]:
+    """Failures after the question was stored (the upstream's, the database's) carry its
+    conversation, so the client can go on from it."""
+    try:
+        yield
+    except (UpstreamError, DatabaseUnavailable) as error:
+        error.details.setdefault("conversation_id", str(conversation_id))
+        raise
+
+
+@dataclass
+class _Saved:
+    """How much of a streaming answer's text is saved, and when it was."""
+
+    pace: SavingPace
+    chars: int = 0
+    at: float = 0.0
+
+    def due(self, text: str) -> bool:
+        if not self.chars:
+            return True
+        grown = len(text) - self.chars
+        return grown >= self.pace.chars or (grown > 0 and time.monotonic() - self.at >= self.pace.seconds)
+
+    def mark(self, text: str) -> None:
+        self.chars, self.at = len(text), time.monotonic()
+
+
 def _context(path: Sequence[Any]) -> list[ChatMessage]:
     """What the upstream sees: the dialogue's messages with text, root and empty nodes left out.
 
@@ -166,8 +205,12 @@ class AskService:
         unconfigured_reason: str = "",
         system_prompt: str = "",
         max_prompt_chars: int | None = None,
+        leases: AnswerLeases | None = None,
+        pace: SavingPace = SavingPace(),
     ) -> None:
         self._db = db
+        self.leases = leases or AnswerLeases(db)
+        self._pace = pace
         self._provider = provider
         self._metrics = metrics
         self._titles = titles
@@ -187,8 +230,10 @@ class AskService:
         """Store the question now; the returned iterator answers it.
 
         With `write_early` the answer's row is written as soon as the first text
-        arrives (marked in progress) and finished at the end. Closing the iterator
-        early cancels the upstream call and keeps the text so far, marked unfinished.
+        arrives (marked in progress, under this process's lease), its text saved again as
+        it grows (at the `SavingPace`), and finished at the end.
+        Closing the iterator early cancels the upstream call and keeps the text so far,
+        marked interrupted.
         """
         said = question.said()
         size = sum(len(message.content) for message in said)
@@ -282,8 +327,19 @@ class AskService:
 
     def _answer(self, turn: Turn, provider: Provider, *, write_early: bool) -> Iterator[AnswerEvent]:
         answer = Answer(turn.conversation_id, uuid.uuid4(), turn.request.model)
+        with _naming_the_conversation(turn.conversation_id):
+            yield from self._stream_answer(turn, provider, answer, write_early=write_early)
+        if turn.wants_title:
+            self._titles.submit(turn.conversation_id, replace(
+                turn.request, upstream_conversation_id=answer.upstream_conversation_id
+            ), answer.text)
+
+    def _stream_answer(
+        self, turn: Turn, provider: Provider, answer: Answer, *, write_early: bool
+    ) -> Iterator[AnswerEvent]:
         chunks = provider.stream_reply(turn.request)
         finished = False
+        saved = _Saved(self._pace)
         try:
             waited_since = time.perf_counter()
             for chunk in map(_storable, chunks):
@@ -292,14 +348,14 @@ class AskService:
                     first_token = self._metrics.upstream_first_token_seconds
                     first_token.labels(provider.name).observe(answer.upstream_seconds)
                 answer.add(chunk)
-                if write_early and not answer.stored and answer.text:
-                    self._save_answer(turn, answer, IN_PROGRESS)
+                if write_early and answer.text and saved.due(answer.text):
+                    self._save_progress(turn, answer)
+                    saved.mark(answer.text)
                 if chunk.delta:
                     yield AnswerEvent(replace(answer), chunk.delta)
                 waited_since = time.perf_counter()
             finished = answer.finish_details is not None
         except UpstreamError as error:
-            error.details["conversation_id"] = str(turn.conversation_id)
             self._metrics.upstream_errors.labels(provider.name, error.code).inc()
             raise
         finally:
@@ -307,23 +363,30 @@ class AskService:
             self._metrics.upstream_seconds.labels(provider.name).observe(answer.upstream_seconds)
             if not finished and answer.text:
                 answer.finish_details = "interrupted"
-            if answer.stored or answer.text or finished:
-                self._estimate_usage(turn, answer)
-                if turn.store:
-                    self._save_answer(turn, answer, FINISHED if finished else INTERRUPTED)
-                self._metrics.observe_tokens(provider.name, answer.prompt_tokens, answer.completion_tokens)
+            try:
+                if answer.stored or answer.text or finished:
+                    self._estimate_usage(turn, answer)
+                    if turn.store:
+                        self._save_answer(turn, answer, FINISHED if finished else INTERRUPTED)
+                    self._metrics.observe_tokens(provider.name, answer.prompt_tokens, answer.completion_tokens)
+            finally:
+                self.leases.let_go(answer.message_id)
         if not finished:
-            unfinished = UpstreamError(
-                "The upstream ended the answer without finishing it.",
-                conversation_id=str(turn.conversation_id),
-            )
+            unfinished = UpstreamError("The upstream ended the answer without finishing it.")
             self._metrics.upstream_errors.labels(provider.name, unfinished.code).inc()
             raise unfinished
         yield AnswerEvent(replace(answer), "")
-        if turn.wants_title:
-            self._titles.submit(turn.conversation_id, replace(
-                turn.request, upstream_conversation_id=answer.upstream_conversation_id
-            ), answer.text)
+
+    def _save_progress(self, turn: Turn, answer: Answer) -> None:
+        """The first text makes the answer's row (in progress, under this process's lease);
+        later saves rewrite its text and renew the lease in one statement."""
+        if not answer.stored:
+            self._save_answer(turn, answer, IN_PROGRESS)
+            self.leases.hold(answer.message_id)
+            return
+        with UnitOfWork(self._db) as uow:
+            uow.conversations.save_progress(answer.message_id, answer.text, self.leases.expiry())
+            uow.commit()
 
     @staticmethod
     def _estimate_usage(turn: Turn, answer: Answer) -> None:
@@ -353,6 +416,7 @@ class AskService:
                 "prompt_tokens": answer.prompt_tokens,
                 "completion_tokens": answer.completion_tokens,
                 "response_fields": turn.record,
+                "lease_expires_at": self.leases.expiry(now) if status == IN_PROGRESS else None,
             }
             if answer.upstream_message_id:  # the upstream keeps messages under our ids
                 repo.update_message(turn.user_message_id, upstream_id=turn.request.user_message_id)

@@ -9,6 +9,7 @@ from pathlib import Path
 from config import Settings
 from models.db import Database
 from models.key_changes import KeyWatch
+from services.answer_leases import AnswerLeases
 from services.api_keys import KeyRing
 from services.asking import AskService
 from services.chat_completions import ChatCompletionService
@@ -45,6 +46,7 @@ class Services:
 
     def close(self) -> None:
         """Let background work finish, then close the database's connections."""
+        self.asking.leases.stop()
         self.titles.close()
         self.database.dispose()
 
@@ -74,6 +76,7 @@ def build_services(settings: Settings) -> Services:
         unconfigured_reason=reason,
         system_prompt=settings.system_prompt,
         max_prompt_chars=settings.max_prompt_chars,
+        leases=AnswerLeases(database, settings.answer_lease_seconds),
     )
     conversations = ConversationService(database, provider)
     limited = settings.rate_limit or settings.max_streams_per_key

@@ -72,3 +72,15 @@ class SchemaNotCurrent(DatabaseUnavailable):
     """The database answers but its schema is behind the code (run `python app.py migrate`)."""
 
     code = "schema_not_current"
+
+
+class ServiceStopping(ServiceError):
+    """The process is shutting down; what was answered so far is kept, marked interrupted."""
+
+    code = "service_stopping"
+
+
+class UpstreamRateLimited(UpstreamError):
+    """The upstream kept refusing with 429 past our retries; `retry_after` is its own wait, when it gave one."""
+
+    code = "upstream_rate_limited"

@@ -114,6 +114,7 @@ def test_database_lost_while_an_answer_streams_ends_it_with_an_error_event(
     assert rest.endswith("data: [DONE]\n\n")
     proxy.restore()
     conversations = ok(post(client, "conversation", {}))
+    assert f'"conversation_id":"{conversations[0]["id"]}"' in rest
     tree = history(client, conversations[0]["id"])
     check_tree(tree["mapping"])
     messages = [n["message"] for n in tree["mapping"].values() if "message" in n]
@@ -121,6 +122,27 @@ def test_database_lost_while_an_answer_streams_ends_it_with_an_error_event(
     assert question["content"]["parts"] == ["x"]
     [answer] = [m for m in messages if m["author"]["role"] == "assistant"]
     assert "a b c d".startswith(answer["content"]["parts"][0]) and answer["content"]["parts"][0]
+    assert answer["status"] == "in_progress"  # its final save was lost with the database...
+    leases = proxied_app.services.asking.leases
+    assert leases.sweep(now=leases.expiry()) == 1  # ...and once its lease has run out, it is marked
+    swept = history(client, conversations[0]["id"])["mapping"][answer["id"]]["message"]
+    assert swept["status"] == "finished_partial_completion" and swept["content"] == answer["content"]
+
+
+def test_database_lost_while_the_upstream_answers_is_a_503_naming_the_conversation(
+    proxied_app: Flask, proxy: TcpProxy, fake_upstream: FakeOpenAI
+) -> None:
+    client = proxied_app.test_client()
+    fake_upstream.script(Reply(text="too late to keep", delay=0.5))
+    cutting = threading.Thread(target=lambda: (fake_upstream.wait_for_requests(1), proxy.cut()))
+    cutting.start()
+    error = error_of(post(client, "ask", {"prompt": "kept"}), 503)
+    cutting.join()
+    assert error["code"] == "database_unavailable"
+    proxy.restore()
+    tree = history(client, error["conversation_id"])
+    assert [n["message"]["content"]["parts"] for n in tree["mapping"].values()
+            if n.get("message", {}).get("author", {}).get("role") == "user"] == [["kept"]]
 
 
 @pytest.mark.e2e
@@ -149,7 +171,7 @@ def test_real_server_under_gevent_gives_503s_and_recovers(
 @pytest.mark.parametrize(
     ("failures", "status", "code"),
     [
-        ([Fail(429, "Rate limit reached", headers={"Retry-After": "0"})] * 2, 502, "upstream_error"),
+        ([Fail(429, "Rate limit reached", headers={"Retry-After": "0"})] * 2, 429, "upstream_rate_limited"),
         ([Fail(503, "overloaded")] * 2, 502, "upstream_error"),
         ([Reset(), Reset()], 502, "upstream_error"),
         ([Hang(), Hang()], 504, "upstream_timeout"),

@@ -27,6 +27,7 @@ def build_provider(settings: Settings) -> Provider:
         connect_timeout=settings.upstream_connect_timeout,
         read_timeout=settings.upstream_read_timeout,
         max_retries=settings.upstream_max_retries,
+        deadline=settings.upstream_deadline_seconds,
         max_connections=settings.worker_connections,
     )
 

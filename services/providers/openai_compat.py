@@ -12,8 +12,17 @@ from typing import Any
 import httpx2
 import openai
 
-from services.errors import InvalidRequest, NotFound, RateLimited, ServiceError, UpstreamError, UpstreamTimeout
+from services.errors import (
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    ServiceError,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+)
 from services.providers.base import CompletionEvent, CompletionRequest, ReplyChunk, ReplyRequest
+from services.providers.deadline import Deadline, opened, retry_after_seconds, within
 
 TITLE_INSTRUCTION = (
     "Write a title of at most six words for the conversation below. "
@@ -31,6 +40,12 @@ def upstream_failure(error: openai.APIError) -> UpstreamError:
     if isinstance(error, openai.AuthenticationError):
         return UpstreamError(
             "The upstream refused the API key; check OPENAI_API_KEY.", upstream_status=401
+        )
+    if isinstance(error, openai.RateLimitError):
+        wait = retry_after_seconds(error.response.headers)
+        return UpstreamRateLimited(
+            f"The upstream is limiting this service's requests: {error.message}",
+            **({"retry_after": math.ceil(wait)} if wait is not None else {}),
         )
     if isinstance(error, openai.APIStatusError):
         return UpstreamError(
@@ -176,9 +191,13 @@ class OpenAIProvider:
         connect_timeout: float,
         read_timeout: float,
         max_retries: int,
+        deadline: float = 120.0,
         max_connections: int = 1000,
     ) -> None:
         self.default_model = model
+        self._timeouts = {"read_timeout": read_timeout, "connect_timeout": connect_timeout}
+        self._max_retries = max_retries
+        self._deadline = deadline
         # One connection per answer in flight: the SDK's default pool (1000) would make
         # the next answers wait once a worker holds that many streams.
         limits = httpx2.Limits(
@@ -192,18 +211,29 @@ class OpenAIProvider:
             max_retries=max_retries,
             http_client=openai.DefaultHttpxClient(limits=limits),
         )
+        self._answers = self._client.with_options(max_retries=0)
+        """For answers, retried here within their deadline (`services/providers/deadline.py`)."""
 
     def stream_reply(self, request: ReplyRequest) -> Iterator[ReplyChunk]:
+        """The answer, retried and cut within UPSTREAM_DEADLINE_SECONDS from now."""
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        try:
-            with self._client.chat.completions.with_streaming_response.create(
+        deadline = Deadline(self._deadline)
+
+        def send(timeout: httpx2.Timeout) -> Any:
+            return self._answers.chat.completions.with_streaming_response.create(
                 model=request.model,
                 messages=messages,  # type: ignore[arg-type]
                 stream=True,
                 stream_options={"include_usage": True},
+                timeout=timeout,
                 **request.sampling.given(),  # type: ignore[arg-type]
-            ) as response:
-                yield from reply_chunks(response.iter_lines())
+            )
+
+        try:
+            with opened(send, deadline, max_retries=self._max_retries, **self._timeouts) as response:
+                yield from reply_chunks(within(deadline, response.iter_lines()))
+        except openai.APITimeoutError as error:
+            raise (deadline.expired() if deadline.left() <= 0 else upstream_failure(error)) from error
         except openai.APIError as error:
             raise upstream_failure(error) from error
         except httpx2.TimeoutException as error:

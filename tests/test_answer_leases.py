@@ -1,0 +1,159 @@
+"""Answers never stay stuck `in_progress`: their text is saved as it streams, at a bounded pace,
+and answers whose process is gone (its lease ran out) are marked interrupted by anyone, while
+answers a live process is writing are left alone. Service tier, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from models.db import Database
+from models.entities import utcnow
+from models.statuses import IN_PROGRESS, INTERRUPTED
+from services.answer_leases import AnswerLeases
+from services.asking import AnswerEvent, AskService, Question, SavingPace
+from services.metrics import Metrics
+from services.titles import TitleWriter
+from services.unit_of_work import UnitOfWork
+from tests.scripted_provider import Scripted, ScriptedProvider
+
+LEASE = 30.0
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    database = Database(database_url)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def provider() -> ScriptedProvider:
+    return ScriptedProvider()
+
+
+def asking_service(db: Database, provider: ScriptedProvider, pace: SavingPace = SavingPace()) -> AskService:
+    """One process's answering: its own leases, as each worker process has."""
+    titles = TitleWriter(db, provider, enabled=False)
+    return AskService(db, provider, metrics=Metrics(), titles=titles, leases=AnswerLeases(db, LEASE), pace=pace)
+
+
+def answer_row(db: Database, events_seen: AnswerEvent) -> Any:
+    with UnitOfWork(db) as uow:
+        return next(m for m in uow.conversations.messages(events_seen.answer.conversation_id)
+                    if m.id == events_seen.answer.message_id)
+
+
+def test_the_text_is_saved_as_it_streams_at_a_bounded_pace(db: Database, provider: ScriptedProvider) -> None:
+    asking = asking_service(db, provider, SavingPace(seconds=0.2, chars=100))
+    provider.answer_with(Scripted(pieces=("First", " small", " x" * 60, " late", " end")))
+    events = asking.ask_stream("", Question("Go"))
+    first = next(events)
+    assert answer_row(db, first).content == "First"  # the first text makes the row
+    assert answer_row(db, next(events)).content == "First"  # 6 characters more, at once: not yet
+    grown = next(events)
+    assert answer_row(db, grown).content == grown.answer.text  # 100 characters more: saved
+    time.sleep(0.25)
+    late = next(events)
+    row = answer_row(db, late)
+    assert row.content == late.answer.text and row.status == IN_PROGRESS  # a while later: saved
+    assert row.lease_expires_at > utcnow() + timedelta(seconds=LEASE - 5)
+    events.close()
+
+
+def test_a_live_answer_is_left_alone_and_a_dead_one_is_marked_interrupted_with_its_text(
+    db: Database, provider: ScriptedProvider
+) -> None:
+    """Three processes on one database: one lives, one dies mid-answer (its iterator is never
+    closed and its leases never renewed, as after a kill -9), one sweeps."""
+    alive = asking_service(db, provider, SavingPace(seconds=0, chars=1))
+    dying = asking_service(db, provider, SavingPace(seconds=0, chars=1))
+    sweeper = AnswerLeases(db, LEASE)
+    provider.answer_with(Scripted(pieces=("Alive", " and well")), Scripted(pieces=("Doomed", " answer", " cut")))
+    live = alive.ask_stream("", Question("One"))
+    live_first = next(live)
+    dead = dying.ask_stream("", Question("Two"))
+    next(dead)
+    dead_second = next(dead)
+
+    assert sweeper.sweep(now=utcnow() + timedelta(seconds=LEASE / 2)) == 0
+    later = utcnow() + timedelta(seconds=LEASE * 2)
+    alive.leases.renew(now=later - timedelta(seconds=LEASE / 2))
+    assert sweeper.sweep(now=later) == 1
+
+    swept = answer_row(db, dead_second)
+    assert (swept.status, swept.finish_details, swept.end_turn) == (INTERRUPTED, "interrupted", False)
+    assert swept.content == "Doomed answer" and swept.lease_expires_at is None
+    assert answer_row(db, live_first).status == IN_PROGRESS
+    assert [e.answer.text for e in live][-1] == "Alive and well"
+    assert answer_row(db, live_first).status == "finished_successfully"
+    dead.close()
+
+
+def test_a_late_save_of_a_swept_answer_has_the_last_word(db: Database, provider: ScriptedProvider) -> None:
+    """A writer that was only slow (its lease ran out while it lived) still stores its final text."""
+    writer = asking_service(db, provider, SavingPace(seconds=0, chars=1))
+    provider.answer_with(Scripted(pieces=("Slow", " but", " alive")))
+    events = writer.ask_stream("", Question("Go"))
+    first = next(events)
+    AnswerLeases(db, LEASE).sweep(now=utcnow() + timedelta(seconds=LEASE * 2))
+    assert answer_row(db, first).status == INTERRUPTED
+    second = next(events)
+    assert answer_row(db, second).content == "Slow"  # progress saves leave a swept answer alone
+    final = list(events)[-1]
+    row = answer_row(db, final)
+    assert (row.status, row.content) == ("finished_successfully", "Slow but alive")
+
+
+def test_shutting_down_marks_this_processs_answers_interrupted(db: Database, provider: ScriptedProvider) -> None:
+    writer = asking_service(db, provider)
+    other = asking_service(db, provider)
+    provider.answer_with(Scripted(pieces=("Mine", " too")), Scripted(pieces=("Theirs", " too")))
+    mine, theirs = writer.ask_stream("", Question("A")), other.ask_stream("", Question("B"))
+    my_first, their_first = next(mine), next(theirs)
+    assert writer.leases.interrupt_own() == 1
+    assert answer_row(db, my_first).status == INTERRUPTED
+    assert answer_row(db, their_first).status == IN_PROGRESS
+    mine.close()
+    theirs.close()
+
+
+def test_renewing_and_sweeping_runs_on_its_own(db: Database, provider: ScriptedProvider) -> None:
+    leases = AnswerLeases(db, lease_seconds=0.3)
+    writer = asking_service(db, provider)
+    provider.answer_with(Scripted(pieces=("Left", " behind")))
+    events = writer.ask_stream("", Question("Go"))
+    first = next(events)
+    writer.leases.let_go(first.answer.message_id)
+    with UnitOfWork(db) as uow:  # its lease ends now
+        uow.conversations.renew_leases([first.answer.message_id], utcnow())
+        uow.commit()
+    leases.start()
+    try:
+        deadline = time.monotonic() + 5
+        while answer_row(db, first).status == IN_PROGRESS and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        leases.stop()
+    assert answer_row(db, first).status == INTERRUPTED
+    events.close()
+
+
+def test_the_next_ask_continues_after_an_interrupted_answer_with_its_text(
+    db: Database, provider: ScriptedProvider
+) -> None:
+    writer = asking_service(db, provider, SavingPace(seconds=0, chars=1))
+    provider.answer_with(Scripted(pieces=("Half", " an answer", " lost")))
+    events = writer.ask_stream("", Question("Start"))
+    next(events)
+    cut = next(events)
+    writer.leases.let_go(cut.answer.message_id)
+    AnswerLeases(db, LEASE).sweep(now=utcnow() + timedelta(seconds=LEASE * 2))
+    writer.ask("", Question("Go on", conversation_id=cut.answer.conversation_id))
+    sent = [(m.role, m.content) for m in provider.requests[-1].messages]
+    assert sent[-2:] == [("assistant", "Half an answer"), ("user", "Go on")]
+    events.close()
