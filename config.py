@@ -8,12 +8,14 @@ the README's configuration table.
 
 from __future__ import annotations
 
+import json
 import os
+import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from limits import parse_many
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent
@@ -24,6 +26,51 @@ ENV_FILE = PROJECT_ROOT / ".env"
 def default_database_url() -> str:
     """A SQLite file under `instance/`, used when `DATABASE_URL` is unset."""
     return f"sqlite:///{INSTANCE_DIR / 'gpt-api.sqlite3'}"
+
+
+class UpstreamSettings(BaseModel):
+    """One upstream of `UPSTREAMS` (or of the `UPSTREAMS_FILE`), in priority order."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    """Names it in logs, `/metrics` and each answer's metadata."""
+    kind: Literal["openai", "chatgpt"] = "openai"
+    base_url: str | None = None
+    """openai: the SDK's default when unset; chatgpt: a backend-api base URL (required)."""
+    api_key: str | None = None
+    """openai (required; any text for a server that checks none)."""
+    access_token: str | None = None
+    """chatgpt (required)."""
+    proxy: str | None = None
+    """chatgpt: a proxy for it."""
+    models: list[str] = []
+    """The models it serves; empty: any, under the name requested."""
+    model: str | None = None
+    """What it is asked for when the request names a model not in `models` (unset: it is
+    skipped for that request); the first upstream's is the default model."""
+    max_retries: int | None = Field(default=None, ge=0)
+    """Its own UPSTREAM_MAX_RETRIES (0 hands a failing request to the next upstream at once)."""
+
+    @model_validator(mode="after")
+    def _credentials(self) -> UpstreamSettings:
+        if self.kind == "openai" and not self.api_key:
+            raise ValueError(f"upstream {self.name!r}: an openai upstream needs api_key")
+        if self.kind == "chatgpt" and not (self.access_token and self.base_url):
+            raise ValueError(f"upstream {self.name!r}: a chatgpt upstream needs access_token and base_url")
+        return self
+
+
+def read_upstreams_file(path: Path) -> Any:
+    """The upstream list of a JSON file (a list, or `{"upstreams": [...]}`) or a TOML file
+    (`[[upstreams]]` tables); a relative path is taken from the project's root."""
+    path = path if path.is_absolute() else PROJECT_ROOT / path
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"UPSTREAMS_FILE {path}: {error}") from error
+    return data.get("upstreams") if isinstance(data, dict) else data
 
 
 class Settings(BaseSettings):
@@ -56,6 +103,22 @@ class Settings(BaseSettings):
     upstream_deadline_seconds: float = Field(default=120.0, gt=0)
     """The most an answer may take upstream in all: every attempt, retry and wait included."""
     upstream_max_retries: int = Field(default=2, ge=0)
+    upstreams: list[UpstreamSettings] = []
+    """Several upstreams in priority order, as JSON (or from `upstreams_file`); when set, they
+    replace the one of LLM_PROVIDER, OPENAI_* and CHATGPT_*."""
+    upstreams_file: Path | None = None
+    circuit_breaker_failures: int = Field(default=3, ge=1)
+    """Failures in a row after which an upstream of `upstreams` is skipped for a cool-down."""
+    circuit_breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
+
+    context_strategy: Literal["truncate", "summarize"] = "truncate"
+    """A path over the model's window: leave out its oldest turns, or summarise them once."""
+    model_context_windows: dict[str, Annotated[int, Field(gt=0)]] = {}
+    """Context windows by model name or prefix, over the built-in table (JSON)."""
+    default_context_window: int = Field(default=8192, gt=0)
+    """The window of a model neither table knows."""
+    context_reserve_tokens: int = Field(default=2048, ge=0)
+    """Tokens kept free for the answer when the request sets no max_tokens (at most half the window)."""
 
     generate_titles: bool = True
     store_chat_completions: bool = True
@@ -101,6 +164,25 @@ class Settings(BaseSettings):
     redis_key_prefix: str = "gpt-api"
     cors_origins: Annotated[list[str], NoDecode] = []
     """Comma-separated origins a browser may call the API from; empty: no CORS."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_upstreams_file(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("upstreams_file"):
+            if data.get("upstreams"):
+                raise ValueError("set UPSTREAMS or UPSTREAMS_FILE, not both")
+            data = {**data, "upstreams": read_upstreams_file(Path(data["upstreams_file"]))}
+        return data
+
+    @field_validator("upstreams")
+    @classmethod
+    def _distinct_upstreams(cls, upstreams: list[UpstreamSettings]) -> list[UpstreamSettings]:
+        names = [upstream.name for upstream in upstreams]
+        if len(set(names)) < len(names):
+            raise ValueError("each upstream needs a name of its own")
+        if sum(upstream.kind == "chatgpt" for upstream in upstreams) > 1:
+            raise ValueError("at most one chatgpt upstream (a conversation it keeps lives in one account)")
+        return upstreams
 
     @field_validator("rate_limit")
     @classmethod

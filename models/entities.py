@@ -103,6 +103,12 @@ class Message(Base):
     path_hash: Mapped[str | None] = mapped_column(String(64))
     """For messages of /v1/chat/completions: the hash of the path from the root to here
     (`services/message_paths.py`), by which a later request that repeats it is threaded here."""
+    summary: Mapped[str | None] = mapped_column(Text)
+    """A summary of the path's messages after the system prompt down to this one, sent in their
+    place once the branch outgrew the model's window (CONTEXT_STRATEGY=summarize)."""
+    answer_details: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    """An answer's metadata beyond its model: the upstream that wrote it (with several), and
+    how its context was fitted into the model's window (when it did not fit whole)."""
 
     __table_args__ = (
         Index("ix_messages_conversation_created", "conversation_id", "created_at"),

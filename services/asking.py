@@ -21,6 +21,7 @@ from models.repository import ConversationRepository
 from models.statuses import FINISHED, IN_PROGRESS, INTERRUPTED
 from services import tokens
 from services.answer_leases import AnswerLeases
+from services.context_window import ContextFitter
 from services.errors import (
     ConversationNotFound,
     DatabaseUnavailable,
@@ -89,6 +90,8 @@ class Turn:
     wants_title: bool
     store: bool = True
     record: dict[str, Any] | None = None
+    context: dict[str, Any] | None = None
+    """How the context was fitted into the model's window, when it did not fit whole."""
 
 
 @dataclass
@@ -104,6 +107,8 @@ class Answer:
     upstream_message_id: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    upstream: str | None = None
+    """Which of the configured upstreams answered (None with a single one)."""
     upstream_seconds: float = 0.0
     """Time spent waiting on the upstream so far (for the Server-Timing header)."""
     created_at: datetime | None = None
@@ -120,6 +125,7 @@ class Answer:
         self.finish_details = chunk.finish_reason or self.finish_details
         self.upstream_conversation_id = chunk.upstream_conversation_id or self.upstream_conversation_id
         self.upstream_message_id = chunk.upstream_message_id or self.upstream_message_id
+        self.upstream = chunk.upstream or self.upstream
         if chunk.prompt_tokens is not None:
             self.prompt_tokens = chunk.prompt_tokens
         if chunk.completion_tokens is not None:
@@ -176,10 +182,22 @@ def _context(path: Sequence[Any]) -> list[ChatMessage]:
     Imported tool messages, tool calls and other non-dialogue content have no text here.
     """
     return [
-        ChatMessage(role="system" if m.role == "developer" else m.role, content=m.content, upstream_id=m.upstream_id)
+        ChatMessage(
+            role="system" if m.role == "developer" else m.role, content=m.content, upstream_id=m.upstream_id, node_id=m.id
+        )
         for m in path
         if m.role in ("system", "developer", "user", "assistant") and m.content
     ]
+
+
+def _details(turn: Turn, answer: Answer) -> dict[str, Any] | None:
+    """What an answer's metadata adds: the upstream that wrote it, how its context was fitted."""
+    details: dict[str, Any] = {}
+    if answer.upstream:
+        details["upstream"] = answer.upstream
+    if turn.context:
+        details["context"] = turn.context
+    return details or None
 
 
 @dataclass(frozen=True)
@@ -207,8 +225,11 @@ class AskService:
         max_prompt_chars: int | None = None,
         leases: AnswerLeases | None = None,
         pace: SavingPace = SavingPace(),
+        context: ContextFitter | None = None,
     ) -> None:
         self._db = db
+        self._context = context
+        """Fits each request into its model's window (None: the whole path is sent)."""
         self.leases = leases or AnswerLeases(db)
         self._pace = pace
         self._provider = provider
@@ -291,13 +312,17 @@ class AskService:
             upstream_parent_id=path[-2].upstream_id if len(path) > 1 else None,
             sampling=question.sampling,
         )
+        fitted = None
+        if self._context is not None:
+            request, fitted = self._context.fit(request, path, keep=question.store)
         wants_title = (
             question.store
             and self._titles.enabled
             and title == DEFAULT_TITLE
             and not any(m.role == "assistant" for m in path)
         )
-        return Turn(conversation_id, path[-1].id, request, wants_title, question.store, question.record)
+        context = fitted.details() if fitted else None
+        return Turn(conversation_id, path[-1].id, request, wants_title, question.store, question.record, context)
 
     def new_conversation(
         self, repo: ConversationRepository, owner: str, now: datetime, *, keep: bool = True
@@ -416,6 +441,7 @@ class AskService:
                 "prompt_tokens": answer.prompt_tokens,
                 "completion_tokens": answer.completion_tokens,
                 "response_fields": turn.record,
+                "answer_details": _details(turn, answer),
                 "lease_expires_at": self.leases.expiry(now) if status == IN_PROGRESS else None,
             }
             if answer.upstream_message_id:  # the upstream keeps messages under our ids

@@ -24,11 +24,22 @@ class TokenUsage(TypedDict):
     total_tokens: int | None
 
 
+class ContextFit(TypedDict):
+    """How an answer's context was fitted into the model's window, when the path did not fit whole."""
+
+    messages_left_out: int
+    summarized: Annotated[bool, Field(description="The left-out messages were sent as a summary.")]
+    cut: Annotated[bool, Field(description="A message alone over the budget was cut in its middle.")]
+    budget_tokens: Annotated[int, Field(description="The tokens the context could take: the window less the answer's room.")]
+
+
 @with_config(ConfigDict(extra="allow"))
 class MessageMetadata(TypedDict):
     model_slug: NotRequired[str | None]
     finish_details: NotRequired[dict[str, Any] | None]
     usage: NotRequired[TokenUsage]
+    upstream: NotRequired[Annotated[str, Field(description="Which of the configured UPSTREAMS answered.")]]
+    context: NotRequired[ContextFit]
     timestamp_: NotRequired[str]
 
 
@@ -94,6 +105,8 @@ def message_document(message: Message, node_id: str | None = None) -> MessageDoc
         )
     if message.prompt_tokens is not None or message.completion_tokens is not None:
         metadata["usage"] = usage_document(message.prompt_tokens, message.completion_tokens)
+    if message.answer_details:
+        metadata.update(message.answer_details)  # type: ignore[typeddict-item]  # `upstream`, `context`
     metadata["timestamp_"] = "absolute"
     return {  # the order ChatGPT writes them in
         "id": node_id or str(message.id),

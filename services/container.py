@@ -13,6 +13,7 @@ from services.answer_leases import AnswerLeases
 from services.api_keys import KeyRing
 from services.asking import AskService
 from services.chat_completions import ChatCompletionService
+from services.context_window import build_context_fitter
 from services.conversations import ConversationService
 from services.errors import UpstreamNotConfigured
 from services.items import ConversationItems
@@ -61,12 +62,12 @@ def build_services(settings: Settings) -> Services:
     )
     if settings.migrate_on_start:
         database.migrate()
+    metrics = Metrics()
     try:
-        provider, reason = build_provider(settings), ""
+        provider, reason = build_provider(settings, metrics), ""
     except UpstreamNotConfigured as error:
         provider, reason = None, error.message
         log.warning("%s 'ask' answers 503 until then.", reason)
-    metrics = Metrics()
     titles = TitleWriter(database, provider, enabled=settings.generate_titles)
     asking = AskService(
         database,
@@ -77,6 +78,7 @@ def build_services(settings: Settings) -> Services:
         system_prompt=settings.system_prompt,
         max_prompt_chars=settings.max_prompt_chars,
         leases=AnswerLeases(database, settings.answer_lease_seconds),
+        context=build_context_fitter(settings, database, provider, metrics),
     )
     conversations = ConversationService(database, provider)
     limited = settings.rate_limit or settings.max_streams_per_key

@@ -111,6 +111,51 @@ class Metrics:
             ["provider", "kind"],
             registry=registry,
         )
+        self.upstream_requests = Counter(
+            "gpt_api_upstream_requests",
+            "Requests sent to each configured upstream (UPSTREAMS), probes included.",
+            ["upstream"],
+            registry=registry,
+        )
+        self.upstream_failures = Counter(
+            "gpt_api_upstream_failures",
+            "Requests an upstream (UPSTREAMS) failed, before or after its first token, by error code.",
+            ["upstream", "code"],
+            registry=registry,
+        )
+        self.upstream_fallbacks = Counter(
+            "gpt_api_upstream_fallbacks",
+            "Requests passed over an upstream (UPSTREAMS) to the next: it failed before its first "
+            "token (reason failed) or its circuit was open (reason circuit_open).",
+            ["upstream", "reason"],
+            registry=registry,
+        )
+        self.upstream_circuit_open = Gauge(
+            "gpt_api_upstream_circuit_open",
+            "1 while an upstream's circuit breaker is open (it is skipped, or probed), else 0; "
+            "the highest of the workers.",
+            ["upstream"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.context_truncations = Counter(
+            "gpt_api_context_truncations",
+            "Requests whose context was shortened to fit the model's window, by strategy.",
+            ["strategy"],
+            registry=registry,
+        )
+        self.context_messages_left_out = Counter(
+            "gpt_api_context_messages_left_out",
+            "Messages left out of requests' contexts (dropped, or summarised), by strategy.",
+            ["strategy"],
+            registry=registry,
+        )
+        self.context_summaries = Counter(
+            "gpt_api_context_summaries",
+            "Summaries of left-out context (CONTEXT_STRATEGY=summarize): made, reused or failed.",
+            ["outcome"],
+            registry=registry,
+        )
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()

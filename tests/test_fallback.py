@@ -1,0 +1,353 @@
+"""Several upstreams (`UPSTREAMS`): fallback on each failure class, none after the first token,
+circuit breakers opening and closing, routing by model, metrics; against two fake upstreams
+on loopback, through the provider and through the routes."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from config import Settings
+from fakes.openai_upstream import Behaviour, Fail, FakeOpenAI, Hang, Reply, Reset, echo
+from services.errors import InvalidRequest, UpstreamError
+from services.metrics import Metrics
+from services.providers import build_provider
+from services.providers.base import ChatMessage, CompletionRequest, ReplyChunk, ReplyRequest
+from services.providers.circuit_breaker import CircuitBreaker, Pass
+from services.providers.fallback import FallbackProvider
+from services.providers.openai_compat import OpenAIProvider
+from tests.conftest import make_settings
+from tests.helpers import ask, error_of, history, sse_json
+
+KEY = "sk-fallback"
+COOL_DOWN = 0.2
+
+
+@pytest.fixture(scope="module")
+def fakes() -> Iterator[tuple[FakeOpenAI, FakeOpenAI]]:
+    with FakeOpenAI(api_key=KEY) as one, FakeOpenAI(api_key=KEY) as two:
+        yield one, two
+
+
+@pytest.fixture
+def first(fakes: tuple[FakeOpenAI, FakeOpenAI]) -> Iterator[FakeOpenAI]:
+    fakes[0].reset()
+    yield fakes[0]
+    fakes[0].reset()
+
+
+@pytest.fixture
+def second(fakes: tuple[FakeOpenAI, FakeOpenAI]) -> Iterator[FakeOpenAI]:
+    fakes[1].reset()
+    yield fakes[1]
+    fakes[1].reset()
+
+
+def upstreams(
+    first: FakeOpenAI, second: FakeOpenAI, entries: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
+) -> list[dict[str, Any]]:
+    return [
+        {"name": "first", "base_url": first.url, "api_key": KEY, **entries[0]},
+        {"name": "second", "base_url": second.url, "api_key": KEY, **entries[1]},
+    ]
+
+
+def settings_for(
+    first: FakeOpenAI, second: FakeOpenAI, entries: tuple[dict[str, Any], dict[str, Any]] = ({}, {}), **overrides: Any
+) -> Settings:
+    values: dict[str, Any] = {
+        "upstreams": upstreams(first, second, entries),
+        "circuit_breaker_failures": 2,
+        "circuit_breaker_cooldown_seconds": COOL_DOWN,
+        **overrides,
+    }
+    return make_settings("sqlite://", None, **values)
+
+
+def fallback(
+    first: FakeOpenAI, second: FakeOpenAI, entries: tuple[dict[str, Any], dict[str, Any]] = ({}, {}), **overrides: Any
+) -> tuple[FallbackProvider, Metrics]:
+    metrics = Metrics()
+    provider = build_provider(settings_for(first, second, entries, **overrides), metrics)
+    assert isinstance(provider, FallbackProvider)
+    return provider, metrics
+
+
+def answer(provider: FallbackProvider, model: str = "gpt-test") -> list[ReplyChunk]:
+    request = ReplyRequest([ChatMessage("user", "Hi")], model, str(uuid.uuid4()))
+    return list(provider.stream_reply(request))
+
+
+def text_of(chunks: list[ReplyChunk]) -> str:
+    return "".join(chunk.delta for chunk in chunks)
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    return metrics._registry.get_sample_value(name, labels) or 0.0  # type: ignore[union-attr]
+
+
+# -- which upstream answers --------------------------------------------------------------
+
+
+def test_without_upstreams_the_one_openai_upstream_is_built_as_before(first: FakeOpenAI) -> None:
+    settings = make_settings("sqlite://", first.url)
+    assert isinstance(build_provider(settings, Metrics()), OpenAIProvider)
+
+
+FAILURES: dict[str, Behaviour] = {
+    "500": Fail(500, "exploded"),
+    "503": Fail(503, "overloaded"),
+    "429": Fail(429, "slow down", headers={"Retry-After": "0"}),
+    "connection reset": Reset(),
+    "timeout": Hang(),
+}
+
+
+@pytest.mark.parametrize("failure", FAILURES.values(), ids=FAILURES.keys())
+def test_a_failure_before_the_first_token_is_answered_by_the_next(
+    first: FakeOpenAI, second: FakeOpenAI, failure: Behaviour
+) -> None:
+    provider, metrics = fallback(first, second, upstream_read_timeout=0.3)
+    first.script(failure)
+    chunks = answer(provider)
+    assert text_of(chunks) == "Echo: Hi"
+    assert chunks[0].upstream == "second" and chunks[0].model == "gpt-test"
+    assert len(first.requests) == 1 and len(second.requests) == 1
+    assert sample(metrics, "gpt_api_upstream_requests_total", upstream="first") == 1
+    assert sample(metrics, "gpt_api_upstream_requests_total", upstream="second") == 1
+    assert sample(metrics, "gpt_api_upstream_fallbacks_total", upstream="first", reason="failed") == 1
+    failures = metrics._registry.collect()  # type: ignore[union-attr]
+    counted = [s for m in failures for s in m.samples if s.name == "gpt_api_upstream_failures_total"]
+    assert [(s.labels["upstream"], s.value) for s in counted] == [("first", 1.0)]
+
+
+def test_a_request_the_upstream_refuses_is_not_passed_on(first: FakeOpenAI, second: FakeOpenAI) -> None:
+    provider, metrics = fallback(first, second)
+    first.script(Fail(400, "bad request"))
+    with pytest.raises(UpstreamError) as raised:
+        answer(provider)
+    assert raised.value.details["upstream_status"] == 400
+    assert not second.requests
+    assert not provider.upstreams[0].breaker.is_open
+
+
+def test_a_failure_after_the_first_token_is_the_answer_s(first: FakeOpenAI, second: FakeOpenAI) -> None:
+    provider, metrics = fallback(first, second)
+    first.script(Reply(text="one two three", chunks=["one ", "two ", "three"], break_after=1))
+    received: list[str] = []
+    with pytest.raises(UpstreamError):
+        for chunk in provider.stream_reply(ReplyRequest([ChatMessage("user", "Hi")], "gpt-test", "m")):
+            received.append(chunk.delta)
+    assert received == ["one "] and not second.requests
+    assert sample(metrics, "gpt_api_upstream_fallbacks_total", upstream="first", reason="failed") == 0
+
+
+def test_when_every_upstream_fails_the_last_failure_is_raised(first: FakeOpenAI, second: FakeOpenAI) -> None:
+    provider, _ = fallback(first, second)
+    first.script(Fail(500, "one down"))
+    second.script(Fail(502, "two down"))
+    with pytest.raises(UpstreamError, match="two down"):
+        answer(provider)
+
+
+# -- circuit breakers ----------------------------------------------------------------------
+
+
+def test_the_circuit_opens_after_failures_in_a_row_and_a_probe_closes_it(first: FakeOpenAI, second: FakeOpenAI) -> None:
+    provider, metrics = fallback(first, second)
+    first.default = lambda body: Fail(500, "down")
+    for _ in range(2):
+        assert answer(provider)[0].upstream == "second"
+    assert len(first.requests) == 2
+    assert sample(metrics, "gpt_api_upstream_circuit_open", upstream="first") == 1
+
+    assert answer(provider)[0].upstream == "second"
+    assert len(first.requests) == 2  # skipped while open
+    assert sample(metrics, "gpt_api_upstream_fallbacks_total", upstream="first", reason="circuit_open") == 1
+
+    time.sleep(COOL_DOWN + 0.05)
+    first.default = echo
+    assert answer(provider)[0].upstream == "first"  # the probe, answered
+    assert sample(metrics, "gpt_api_upstream_circuit_open", upstream="first") == 0
+    assert answer(provider)[0].upstream == "first"
+
+
+def test_a_failed_probe_opens_the_circuit_again_at_once(first: FakeOpenAI, second: FakeOpenAI) -> None:
+    provider, _ = fallback(first, second)
+    first.default = lambda body: Fail(503, "down")
+    answer(provider), answer(provider)
+    time.sleep(COOL_DOWN + 0.05)
+    assert answer(provider)[0].upstream == "second"
+    assert len(first.requests) == 3  # the probe
+    assert answer(provider)[0].upstream == "second"
+    assert len(first.requests) == 3  # open again after one failure, not two
+
+
+def test_with_every_circuit_open_the_request_fails_fast_saying_when_to_retry(
+    first: FakeOpenAI, second: FakeOpenAI
+) -> None:
+    provider, _ = fallback(first, second, circuit_breaker_failures=1, circuit_breaker_cooldown_seconds=30)
+    first.default = second.default = lambda body: Fail(500, "down")
+    with pytest.raises(UpstreamError):
+        answer(provider)
+    with pytest.raises(UpstreamError, match="skipped for now") as raised:
+        answer(provider)
+    assert raised.value.details["retry_after"] == 30
+    assert len(first.requests) == len(second.requests) == 1
+
+
+def test_a_breaker_lets_one_probe_through_at_a_time() -> None:
+    now = [0.0]
+    breaker = CircuitBreaker(threshold=2, cooldown=10, clock=lambda: now[0])
+    assert breaker.admit() is Pass.CLOSED
+    breaker.failed(Pass.CLOSED)
+    breaker.succeeded(Pass.CLOSED)  # a success in between: the count starts again
+    breaker.failed(Pass.CLOSED)
+    assert not breaker.is_open
+    breaker.failed(Pass.CLOSED)
+    assert breaker.is_open and breaker.admit() is None and breaker.retry_in() == 10
+    now[0] = 10
+    assert breaker.admit() is Pass.PROBE
+    assert breaker.admit() is None  # one probe at a time
+    breaker.abandoned(Pass.PROBE)  # its caller went away: another may probe
+    assert breaker.admit() is Pass.PROBE
+    breaker.succeeded(Pass.PROBE)
+    assert not breaker.is_open and breaker.admit() is Pass.CLOSED
+
+
+# -- routing by model ----------------------------------------------------------------------
+
+
+def test_requests_go_to_the_upstreams_serving_their_model(first: FakeOpenAI, second: FakeOpenAI) -> None:
+    provider, _ = fallback(first, second, ({"models": ["gpt-test"]}, {"models": ["other-model"]}))
+    assert answer(provider, "other-model")[0].upstream == "second"
+    assert answer(provider, "gpt-test")[0].upstream == "first"
+    assert len(first.requests) == len(second.requests) == 1
+    with pytest.raises(InvalidRequest, match="No upstream serves the model 'unknown'"):
+        answer(provider, "unknown")
+    assert provider.default_model == "gpt-test"
+
+
+def test_an_upstream_with_a_stand_in_model_answers_for_the_others(first: FakeOpenAI, second: FakeOpenAI) -> None:
+    provider, _ = fallback(
+        first, second, ({"models": ["gpt-test"]}, {"models": ["local-model"], "model": "local-model"})
+    )
+    first.script(Fail(500, "down"))
+    chunks = answer(provider, "gpt-test")
+    assert chunks[0].upstream == "second" and chunks[0].model == "local-model"
+    assert second.requests[0].body["model"] == "local-model"
+
+
+def test_models_are_listed_from_every_upstream_each_once(first: FakeOpenAI, second: FakeOpenAI) -> None:
+    first.models, second.models = ["a-1", "shared", "a-2"], ["shared", "b-1"]
+    provider, _ = fallback(first, second, ({"models": ["a-1", "shared"]}, {}))
+    assert [model["id"] for model in provider.list_models()] == ["a-1", "shared", "b-1"]
+    first.models = second.models = ["x"]
+    first.script(Fail(500))
+    assert [model["id"] for model in fallback(first, second)[0].list_models()] == ["x"]
+
+
+def test_a_raw_completion_falls_back_too(first: FakeOpenAI, second: FakeOpenAI) -> None:
+    provider, _ = fallback(first, second)
+    first.script(Fail(503, "overloaded"))
+    body = {"model": "gpt-test", "messages": [{"role": "user", "content": "Hi"}]}
+    completion = provider.complete(CompletionRequest(body, "m"))
+    assert completion.data["choices"][0]["message"]["content"] == "Echo: Hi"
+    first.script(Fail(429, "slow down", headers={"Retry-After": "0"}))
+    events = list(provider.stream_completion(CompletionRequest(body, "m")))
+    assert "".join(e.data["choices"][0]["delta"].get("content") or "" for e in events if e.data["choices"]) == "Echo: Hi"
+    assert len(first.requests) == 2 and len(second.requests) == 2
+
+
+# -- through the routes -------------------------------------------------------------------
+
+
+@pytest.fixture
+def settings_overrides(first: FakeOpenAI, second: FakeOpenAI) -> dict[str, object]:
+    return {
+        "upstreams": upstreams(first, second),
+        "circuit_breaker_failures": 2,
+        "circuit_breaker_cooldown_seconds": COOL_DOWN,
+    }
+
+
+def test_ask_records_the_upstream_and_model_that_answered(
+    client: FlaskClient, first: FakeOpenAI, second: FakeOpenAI
+) -> None:
+    first.script(Fail(500, "down"))
+    answered = ask(client, "Hello")
+    assert answered["message"] == "Echo: Hello"
+    metadata = history(client, answered["conversation_id"])["mapping"][answered["parent_id"]]["message"]["metadata"]
+    assert metadata["upstream"] == "second" and metadata["model_slug"] == "gpt-test"
+    again = ask(client, "Again", conversation_id=answered["conversation_id"])
+    metadata = history(client, answered["conversation_id"])["mapping"][again["parent_id"]]["message"]["metadata"]
+    assert metadata["upstream"] == "first"
+    exposition = client.get("/metrics").get_data(as_text=True)
+    assert 'gpt_api_upstream_requests_total{upstream="first"} 2.0' in exposition
+    assert 'gpt_api_upstream_requests_total{upstream="second"} 1.0' in exposition
+    assert 'gpt_api_upstream_fallbacks_total{reason="failed",upstream="first"} 1.0' in exposition
+    assert 'gpt_api_upstream_failures_total{code="upstream_error",upstream="first"} 1.0' in exposition
+
+
+def test_a_streamed_ask_falls_back_before_its_first_token(
+    client: FlaskClient, first: FakeOpenAI, second: FakeOpenAI
+) -> None:
+    first.script(Reset())
+    response = client.post("/api/chat/ask", json={"prompt": "Hello", "stream": True})
+    events = sse_json(response)
+    assert events[-1]["response"]["message"] == "Echo: Hello" and len(second.requests) == 1
+
+
+def test_every_upstream_failing_is_a_502_naming_the_conversation(
+    client: FlaskClient, first: FakeOpenAI, second: FakeOpenAI
+) -> None:
+    first.script(Fail(500, "one down"))
+    second.script(Fail(500, "two down"))
+    error = error_of(client.post("/api/chat/ask", json={"prompt": "Hello"}), 502)
+    assert "two down" in error["message"] and error["conversation_id"]
+
+
+def test_chat_completions_fall_back_json_and_streamed(client: FlaskClient, first: FakeOpenAI, second: FakeOpenAI) -> None:
+    body = {"model": "gpt-test", "messages": [{"role": "user", "content": "Hi"}]}
+    first.script(Fail(502, "bad gateway"))
+    completion = client.post("/v1/chat/completions", json=body)
+    assert completion.status_code == 200 and completion.get_json()["choices"][0]["message"]["content"] == "Echo: Hi"
+    first.script(Fail(503, "overloaded"))
+    streamed = client.post("/v1/chat/completions", json={**body, "stream": True})
+    chunks = [json.loads(line[6:]) for line in streamed.get_data(as_text=True).splitlines()
+              if line.startswith("data: {")]
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == "Echo: Hi"
+    assert len(second.requests) == 2
+
+
+def test_stopping_the_first_upstream_mid_stream_costs_only_that_stream(
+    database_url: str, second: FakeOpenAI
+) -> None:
+    from app import create_app
+
+    with FakeOpenAI(api_key=KEY) as doomed:
+        pieces = [f"w{n} " for n in range(20)]
+        doomed.script(Reply(text="".join(pieces), chunks=pieces, chunk_delay=0.05))
+        app: Flask = create_app(make_settings(database_url, None, upstreams=upstreams(doomed, second),
+                                              circuit_breaker_cooldown_seconds=COOL_DOWN))
+        try:
+            client = app.test_client()
+            response = client.post("/api/chat/ask", json={"prompt": "long", "stream": True}, buffered=False)
+            body = iter(response.response)
+            first_event = json.loads(next(body).decode().removeprefix("data: "))
+            doomed.stop()
+            rest = b"".join(body).decode()
+            response.close()
+            assert "event: error" in rest  # the stream that was running from it, cut and marked
+            conversation = first_event["response"]["conversation_id"]
+            assert ask(client, "Next", conversation_id=conversation)["message"] == "Echo: Next"
+            assert ask(client, "And the next")["message"] == "Echo: And the next"
+        finally:
+            app.services.close()
