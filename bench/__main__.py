@@ -26,6 +26,7 @@ from types import FrameType
 
 from sqlalchemy.engine import make_url
 
+from bench.context import measure as measure_budget
 from bench.loadgen import LoadResult, Wrk, ensure_wrk
 from bench.processes import Child, start_fake_upstream, start_service
 from bench.report import Row, Section, Target, misses, render
@@ -57,8 +58,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--history-messages", type=int, default=1000, help="messages in the long one (default: 1000)")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for the service, e.g. --env WORKERS=1 (repeatable)")
-    parser.add_argument("--only", default="reading,asks,streams",
-                        help="comma-separated phases to run: reading, asks, streams (default: all)")
+    parser.add_argument("--only", default="budget,reading,asks,streams",
+                        help="comma-separated phases to run: budget, reading, asks, streams (default: all)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs and print where")
     return parser.parse_args(argv)
 
@@ -86,7 +87,7 @@ class Bench:
         self.args = args
         self.work_dir = work_dir
         self.stack = stack
-        self.wrk = Wrk(ensure_wrk(), work_dir)
+        self.wrk = Wrk(ensure_wrk(), work_dir) if {"reading", "asks"} & set(args.only.split(",")) else None
         self.database_url = ""
         self.sizing = "?"
         """The service's own account of its workers and pools, from its log."""
@@ -145,6 +146,7 @@ class Bench:
     def load(self, what: str, server: Child, url: str, connections: int, body: dict | None = None,
              method: str = "POST", seconds: float | None = None) -> LoadResult:
         seconds = seconds or self.args.seconds
+        assert self.wrk is not None
         cpu_before = server.cpu_seconds()
         result = self.wrk.run(url, connections=connections, seconds=seconds, body=body, method=method)
         cpu_ms = (server.cpu_seconds() - cpu_before) * 1000 / max(result.requests, 1)
@@ -171,20 +173,40 @@ class Bench:
     # -- the run -------------------------------------------------------------
 
     def run(self, phases: list[str]) -> list[Section]:
-        self.database()
-        upstream = self.upstream("upstream-ask", chunks=3, chunk_delay_ms=0)
-        service = self.service("service-ask", upstream)
-        self.load("warm-up", service, f"{service.url}/healthz", self.args.concurrency, method="GET", seconds=2)
         sections = []
-        if "reading" in phases:
-            sections.append(self.reading(service))
-        if "asks" in phases:
-            sections.append(self.asks(service, upstream))
-        service.stop()
-        upstream.stop()
+        if "budget" in phases:
+            sections.append(self.budget())
+        if "reading" in phases or "asks" in phases:
+            self.database()
+            upstream = self.upstream("upstream-ask", chunks=3, chunk_delay_ms=0)
+            service = self.service("service-ask", upstream)
+            self.load("warm-up", service, f"{service.url}/healthz", self.args.concurrency, method="GET", seconds=2)
+            if "reading" in phases:
+                sections.append(self.reading(service))
+            if "asks" in phases:
+                sections.append(self.asks(service, upstream))
+            service.stop()
+            upstream.stop()
         if "streams" in phases:
             sections.append(self.streams_phase())
         return sections
+
+    def budget(self) -> Section:
+        """Fitting a long path into its model's window, in this process (bench/context.py)."""
+        messages = self.args.history_messages
+        log(f"fitting a {messages:,}-message path into the context budget")
+        run = measure_budget(messages)
+        log(f"{run.path_tokens:,} tokens; cold {run.cold_ms:.1f} ms, whole p50 {run.fits_p50_ms:.2f} ms, "
+            f"truncated p50 {run.truncated_p50_ms:.2f} ms ({run.left_out} left out)")
+        return Section(f"context budget ({messages:,}-message path of {run.path_tokens:,} tokens, in process, "
+                       "counts cached; target on p50)", [
+            Row("path fits the window (gpt-4.1), p50", run.fits_p50_ms, "ms", target=Target(2)),
+            Row("path fits the window (gpt-4.1), p99", run.fits_p99_ms, "ms"),
+            Row("path over the window (gpt-4, 8,192), p50", run.truncated_p50_ms, "ms", target=Target(2),
+                note=f"({run.left_out} messages left out)"),
+            Row("path over the window (gpt-4, 8,192), p99", run.truncated_p99_ms, "ms"),
+            Row("first fit, every message tokenized", run.cold_ms, "ms"),
+        ])
 
     def reading(self, service: Child) -> Section:
         """History of a long conversation, and list pages among many conversations."""
@@ -313,7 +335,7 @@ def work_directory(keep: bool) -> Iterator[Path]:
             yield Path(path)
 
 
-PHASES = ("reading", "asks", "streams")
+PHASES = ("budget", "reading", "asks", "streams")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from bench.__main__ import upstream_body
+from bench.context import long_path, measure
 from bench.loadgen import parse_result
 from bench.report import Row, Section, Target, misses, render
 from bench.seed import list_cursor, seed
@@ -110,3 +111,9 @@ def test_seed_writes_the_rows_the_service_would(postgresql_url: str) -> None:
         with engine.begin() as connection:
             connection.execute(text("DELETE FROM conversations WHERE owner = :owner"), {"owner": owner})
         engine.dispose()
+
+
+def test_the_budget_phase_fits_a_long_path_both_ways() -> None:
+    assert len(long_path(11)) == 11 and long_path(11)[-1].role == "user"
+    run = measure(messages=400, repeats=3)  # about 27,000 tokens: whole for gpt-4.1, over gpt-4's 8,192
+    assert run.messages == 400 and run.path_tokens > 8192 and 0 < run.left_out < 400
