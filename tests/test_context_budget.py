@@ -345,3 +345,15 @@ def test_the_answer_s_history_and_metrics_say_what_was_left_out(
     assert metadata["context"]["messages_left_out"] == 11 - len(sent)
     exposition = client.get("/metrics").get_data(as_text=True)
     assert 'gpt_api_context_truncations_total{strategy="truncate"}' in exposition
+
+
+def test_no_budget_for_a_chatgpt_account_alone_which_keeps_its_own_context(db: Database, metrics: Metrics) -> None:
+    from services.context_window import build_context_fitter
+    from tests.conftest import make_settings
+
+    provider = ScriptedProvider()
+    chatgpt = make_settings("sqlite://", None, llm_provider="chatgpt")
+    assert build_context_fitter(chatgpt, db, provider, metrics) is None
+    openai = make_settings("sqlite://", "http://127.0.0.1:9/v1", context_strategy="summarize")
+    fitter = build_context_fitter(openai, db, provider, metrics)
+    assert fitter is not None and fitter.strategy == "summarize"

@@ -8,13 +8,16 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from pydantic import ValidationError
 
 from config import Settings
+from fakes.chatgpt_backend import FakeChatGPTBackend
 from fakes.openai_upstream import Behaviour, Fail, FakeOpenAI, Hang, Reply, Reset, echo
 from services.errors import InvalidRequest, UpstreamError
 from services.metrics import Metrics
@@ -351,3 +354,69 @@ def test_stopping_the_first_upstream_mid_stream_costs_only_that_stream(
             assert ask(client, "And the next")["message"] == "Echo: And the next"
         finally:
             app.services.close()
+
+
+def test_a_chatgpt_upstream_that_fails_hands_the_local_path_to_the_next(
+    database_url: str, second: FakeOpenAI
+) -> None:
+    from app import create_app
+
+    with FakeChatGPTBackend() as backend:
+        entries = [
+            {"name": "account", "kind": "chatgpt", "access_token": backend.token, "base_url": backend.url},
+            {"name": "api", "base_url": second.url, "api_key": KEY},
+        ]
+        app: Flask = create_app(make_settings(database_url, None, upstreams=entries))
+        try:
+            client = app.test_client()
+            first_answer = ask(client, "One")
+            assert first_answer["message"] == "Hello from the fake ChatGPT."
+            backend.fail_next(503, "overloaded")
+            second_answer = ask(client, "Two", conversation_id=first_answer["conversation_id"])
+            assert second_answer["message"] == "Echo: Two"
+            assert [(m["role"], m["content"]) for m in second.requests[-1].body["messages"]] == [
+                ("user", "One"), ("assistant", "Hello from the fake ChatGPT."), ("user", "Two")
+            ]
+            mapping = history(client, first_answer["conversation_id"])["mapping"]
+            assert mapping[first_answer["parent_id"]]["message"]["metadata"]["upstream"] == "account"
+            assert mapping[second_answer["parent_id"]]["message"]["metadata"]["upstream"] == "api"
+        finally:
+            app.services.close()
+
+
+# -- configuration --------------------------------------------------------------------------
+
+
+def test_upstreams_come_from_a_toml_or_json_file(tmp_path: Path) -> None:
+    toml = tmp_path / "upstreams.toml"
+    toml.write_text(
+        '[[upstreams]]\nname = "one"\napi_key = "k"\nmodels = ["a"]\n\n'
+        '[[upstreams]]\nname = "two"\nbase_url = "http://127.0.0.1:11434/v1"\napi_key = "ollama"\nmodel = "b"\n'
+    )
+    settings = make_settings("sqlite://", None, upstreams_file=toml)
+    assert [(u.name, u.models, u.model) for u in settings.upstreams] == [("one", ["a"], None), ("two", [], "b")]
+    listed = tmp_path / "upstreams.json"
+    listed.write_text(json.dumps({"upstreams": [{"name": "one", "api_key": "k"}]}))
+    assert make_settings("sqlite://", None, upstreams_file=listed).upstreams[0].name == "one"
+
+
+@pytest.mark.parametrize(
+    ("upstreams", "message"),
+    [
+        ([{"name": "one"}], "an openai upstream needs api_key"),
+        ([{"name": "one", "kind": "chatgpt", "access_token": "t"}], "needs access_token and base_url"),
+        ([{"name": "one", "api_key": "k"}, {"name": "one", "api_key": "k"}], "a name of its own"),
+        ([{"name": "one", "api_key": "k", "modles": ["a"]}], "Extra inputs are not permitted"),
+        ([{"name": "a b", "api_key": "k"}], "should match pattern"),
+    ],
+)
+def test_a_wrong_upstream_list_is_refused_at_start_saying_why(upstreams: list[dict[str, Any]], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        make_settings("sqlite://", None, upstreams=upstreams)
+
+
+def test_upstreams_and_an_upstreams_file_together_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="not both"):
+        make_settings("sqlite://", None, upstreams=[{"name": "one", "api_key": "k"}], upstreams_file=tmp_path / "x.json")
+    with pytest.raises(ValidationError, match="UPSTREAMS_FILE"):
+        make_settings("sqlite://", None, upstreams_file=tmp_path / "missing.json")
