@@ -11,13 +11,13 @@ from api.openapi import KEY_OR_NONE
 from api.v1.schemas import (
     ConversationCreateBody,
     ConversationDeletedObject,
+    ConversationItemsObject,
     ConversationListObject,
     ConversationListQuery,
     ConversationObject,
     ConversationPath,
     ConversationUpdateBody,
     IncludeQuery,
-    ItemListObject,
     ItemObject,
     ItemPath,
     ItemsCreateBody,
@@ -86,7 +86,7 @@ def delete_conversation(path: ConversationPath) -> Response:
     return jsonify({"id": conversation_id, "object": "conversation.deleted", "deleted": True})
 
 
-@bp.get("/conversations/<conversation_id>/items", responses={200: ItemListObject})
+@bp.get("/conversations/<conversation_id>/items", responses={200: ConversationItemsObject})
 def list_items(path: ConversationPath, query: ItemsQuery) -> Response:
     """The messages of the current branch, newest first by default
 
@@ -98,7 +98,7 @@ def list_items(path: ConversationPath, query: ItemsQuery) -> Response:
     return jsonify(item_page(page))
 
 
-@bp.post("/conversations/<conversation_id>/items", responses={200: ItemListObject})
+@bp.post("/conversations/<conversation_id>/items", responses={200: ConversationItemsObject})
 def create_items(path: ConversationPath, query: IncludeQuery, body: ItemsCreateBody) -> Response:
     """Add up to 20 messages at the current node (which moves to the last of them)"""
     added = services().items.add(current_caller().owner, path.conversation_id, [item.said() for item in body.items])

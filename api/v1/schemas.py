@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
@@ -20,10 +21,11 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
     RootModel,
     StrictBool,
     StrictFloat,
-    StrictInt,
     StrictStr,
     TypeAdapter,
     ValidatorFunctionWrapHandler,
@@ -32,9 +34,11 @@ from pydantic import (
     model_validator,
     with_config,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
 from typing_extensions import NotRequired, TypedDict
 
-from api.schemas import NonBlank
+from api.schemas import WHOLE_NUMBER, NonBlank
 from services import ids
 from services.asking import Said
 from services.items import ConversationView, ItemView, Page
@@ -95,24 +99,41 @@ Metadata = Annotated[
         description="Up to 16 pairs; keys of at most 64 characters, string values of at most 512.",
         json_schema_extra={
             "maxProperties": 16,
-            "propertyNames": {"maxLength": 64},
-            "additionalProperties": {"type": "string", "maxLength": 512},
+            "patternProperties": {"^[\\s\\S]{0,64}$": {"type": "string", "maxLength": 512}},
+            "additionalProperties": False,
         },
     ),
 ]
 
 
-def only(*neutral: Any, why: str) -> AfterValidator:
+@dataclass(frozen=True)
+class Only:
     """For a field of OpenAI's the service does not implement: accepted only with a value that
-    asks for what it does anyway (`neutral`), otherwise a 400 naming it."""
+    asks for what it does anyway (`neutral`, compared as JSON: `false` is not `0`), otherwise a
+    400 naming it. The schema lists those values."""
 
-    def check(value: Any) -> Any:
-        if value not in neutral:
-            shown = " or ".join(json.dumps(v) for v in neutral)
-            raise ValueError(f"not supported: {why} (only {shown} is accepted)")
+    neutral: tuple[Any, ...]
+    why: str
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(self._check, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return {"enum": list(self.neutral), "description": f"Not supported: {self.why}."}
+
+    def _check(self, value: Any) -> Any:
+        if _json(value) not in {_json(v) for v in self.neutral}:
+            shown = " or ".join(_json(v) for v in self.neutral)
+            raise ValueError(f"not supported: {self.why} (only {shown} is accepted)")
         return value
 
-    return AfterValidator(check)
+
+def only(*neutral: Any, why: str) -> Only:
+    return Only(neutral, why)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
 
 
 def _by_json_type(value: Any, shapes: dict[type, TypeAdapter[Any]], expected: str) -> Any:
@@ -128,13 +149,13 @@ class TextPart(V1Model):
     """Text content. Other parts (images, files, audio) are not supported."""
 
     type: Literal["input_text", "output_text"]
-    text: StrictStr
+    text: NonBlank
     annotations: list[Any] | None = Field(default=None, description="An earlier answer's annotations, as sent back.")
     logprobs: list[Any] | None = Field(default=None, description="An earlier answer's logprobs, as sent back.")
 
 
 _TEXT: TypeAdapter[str] = TypeAdapter(NonBlank)
-_PARTS = TypeAdapter(list[TextPart])
+_PARTS = TypeAdapter(Annotated[list[TextPart], Field(min_length=1)])
 
 
 class MessageItem(V1Model):
@@ -143,17 +164,14 @@ class MessageItem(V1Model):
 
     type: Literal["message"] = "message"
     role: Literal["user", "assistant", "system", "developer"]
-    content: NonBlank | list[TextPart]
+    content: NonBlank | Annotated[list[TextPart], Field(min_length=1)]
     id: StrictStr | None = Field(default=None, description="An earlier output item sent back; stored anew.")
     status: Literal["in_progress", "completed", "incomplete"] | None = None
 
     @field_validator("content", mode="wrap")
     @classmethod
     def _content(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-        content = _by_json_type(value, {str: _TEXT, list: _PARTS}, "a string or a list of text parts")
-        if isinstance(content, list):
-            _TEXT.validate_python(_joined(content))
-        return content
+        return _by_json_type(value, {str: _TEXT, list: _PARTS}, "a string or a list of text parts")
 
     def said(self) -> Said:
         return Said(self.role, self.content if isinstance(self.content, str) else _joined(self.content))
@@ -190,8 +208,25 @@ _CONVERSATION_SCHEMA = WithJsonSchema(
 )
 
 
+def _given(name: str, value: dict[str, Any] | None = None) -> dict[str, Any]:
+    """JSON Schema for "`name` is there and not null" (and, when given, fits `value`)."""
+    return {"required": [name], "properties": {name: value or {"not": {"type": "null"}}}}
+
+
 class ResponseCreateBody(V1Model):
-    """`POST /v1/responses`. Without `previous_response_id` or `conversation`, a new conversation."""
+    """`POST /v1/responses`. Without `previous_response_id` or `conversation`, a new conversation
+    (which needs `input`); not both."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                _given("input", {"anyOf": [{"type": "string"}, {"type": "array", "minItems": 1}]}),
+                _given("previous_response_id"),
+                _given("conversation"),
+            ],
+            "not": {"allOf": [_given("previous_response_id"), _given("conversation")]},
+        }
+    )
 
     model: Annotated[NonBlank, Field(max_length=128)] | None = None
     input: NonBlank | list[MessageItem] | None = Field(
@@ -212,7 +247,7 @@ class ResponseCreateBody(V1Model):
     metadata: Metadata | None = None
     temperature: Annotated[StrictFloat, Field(ge=0, le=2)] | None = None
     top_p: Annotated[StrictFloat, Field(ge=0, le=1)] | None = None
-    max_output_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    max_output_tokens: Annotated[int, Field(strict=True, ge=1), WHOLE_NUMBER] | None = None
     user: Annotated[StrictStr, Field(max_length=256)] | None = None
     tools: Annotated[Any, only(None, [], why="no tools are run")] = None
     tool_choice: Annotated[Any, only(None, "none", "auto", why="no tools are run")] = None
@@ -430,6 +465,72 @@ class ResponsePayload(TypedDict):
     user: str | None
 
 
+def _operation(path: str, method: str) -> str:
+    """An OpenAPI `operationRef` to this document's operation."""
+    return "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method
+
+
+_CONVERSATION = "/v1/conversations/{conversation_id}"
+_BY_ID = {"conversation_id": "$response.body#/id"}
+CONVERSATION_LINKS: dict[str, Any] = {
+    "retrieve": {"operationRef": _operation(_CONVERSATION, "get"), "parameters": _BY_ID},
+    "items": {"operationRef": _operation(_CONVERSATION + "/items", "get"), "parameters": _BY_ID},
+    "add_items": {
+        "operationRef": _operation(_CONVERSATION + "/items", "post"),
+        "parameters": _BY_ID,
+        "requestBody": {"items": [{"role": "user", "content": "More"}]},
+    },
+    "respond": {
+        "operationRef": _operation("/v1/responses", "post"),
+        "requestBody": {"input": "Hi", "conversation": "$response.body#/id"},
+    },
+    "delete": {"operationRef": _operation(_CONVERSATION, "delete"), "parameters": _BY_ID},
+}
+"""Where a conversation's id leads (OpenAPI links; Schemathesis follows them in its stateful phase)."""
+_ITEM = {"conversation_id": "$request.path.conversation_id", "item_id": "$response.body#/last_id"}
+ITEM_LIST_LINKS: dict[str, Any] = {
+    "item": {"operationRef": _operation(_CONVERSATION + "/items/{item_id}", "get"), "parameters": _ITEM},
+    "remove": {"operationRef": _operation(_CONVERSATION + "/items/{item_id}", "delete"), "parameters": _ITEM},
+}
+"""Where the items of a conversation lead (the last item of the page)."""
+
+
+STREAM_EVENT_TYPES = [
+    "response.created",
+    "response.in_progress",
+    "response.output_item.added",
+    "response.content_part.added",
+    "response.output_text.delta",
+    "response.output_text.done",
+    "response.content_part.done",
+    "response.output_item.done",
+    "response.completed",
+    "response.incomplete",
+    "response.failed",
+    "error",
+]
+RESPONSE_STREAM_EVENT: dict[str, Any] = {
+    "description": "With `stream: true`, each server-sent event: `event: <type>` and `data: <the event as "
+    "JSON>`, whose `type` is the event's and whose `sequence_number` grows by one. Comments "
+    "(`: keep-alive`) fill silences.",
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"enum": STREAM_EVENT_TYPES},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "type": "object",
+                "required": ["type", "sequence_number"],
+                "properties": {"type": {"enum": STREAM_EVENT_TYPES}, "sequence_number": {"type": "integer"}},
+            },
+        },
+    },
+}
+"""One event of a streamed response (OpenAPI 3.1 has no word for event streams)."""
+
+
 class ResponseObject(RootModel[ResponsePayload]):
     """A response, or with `stream: true` server-sent events (`event: <type>` and `data:`
     lines): `response.created`, `response.in_progress`, `response.output_item.added`,
@@ -439,11 +540,7 @@ class ResponseObject(RootModel[ResponsePayload]):
 
     model_config = ConfigDict(
         openapi_extra={  # type: ignore[typeddict-unknown-key]  # read by flask-openapi3
-            "content": {
-                "text/event-stream": {
-                    "schema": {"type": "string", "description": "With `stream: true`: the events above."}
-                }
-            }
+            "content": {"text/event-stream": {"schema": RESPONSE_STREAM_EVENT}},
         },
     )
 
@@ -491,7 +588,13 @@ class ItemObject(RootModel[MessagePayload]):
 
 
 class ItemListObject(RootModel[ItemList]):
-    pass
+    """A page of a response's input items."""
+
+
+class ConversationItemsObject(RootModel[ItemList]):
+    """A page of a conversation's items."""
+
+    model_config = ConfigDict(openapi_extra={"links": ITEM_LIST_LINKS})  # type: ignore[typeddict-unknown-key]
 
 
 class ResponseDeletedObject(RootModel[ResponseDeleted]):
@@ -499,7 +602,7 @@ class ResponseDeletedObject(RootModel[ResponseDeleted]):
 
 
 class ConversationObject(RootModel[ConversationPayload]):
-    pass
+    model_config = ConfigDict(openapi_extra={"links": CONVERSATION_LINKS})  # type: ignore[typeddict-unknown-key]
 
 
 class ConversationListObject(RootModel[ConversationList]):
