@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
+from collections.abc import Iterator
 
 import pytest
 from flask.testing import FlaskClient
 
+from fakes.chatgpt_backend import FakeChatGPTBackend
 from fakes.openai_upstream import Fail, FakeOpenAI, Hang, Reply
+from services.errors import UpstreamRateLimited, UpstreamTimeout
+from services.providers.base import ChatMessage, ReplyRequest
+from services.providers.chatgpt import ChatGPTProvider
 from tests.helpers import error_of, history, ok, post
 
 PIECES = [f"w{i} " for i in range(40)]
@@ -92,3 +98,34 @@ def test_an_answer_still_streaming_at_the_deadline_is_cut_and_kept(
     content = kept["content"]["parts"][0]
     assert kept["status"] == "finished_partial_completion" and content and "".join(PIECES).startswith(content)
     assert len(content) < len("".join(PIECES))
+
+
+# -- a ChatGPT account as the upstream ----------------------------------------------------------------
+
+
+@pytest.fixture
+def chatgpt() -> Iterator[FakeChatGPTBackend]:
+    with FakeChatGPTBackend() as backend:
+        yield backend
+
+
+def chatgpt_request() -> ReplyRequest:
+    return ReplyRequest([ChatMessage("user", "Hi")], "text-davinci-002-render-sha", str(uuid.uuid4()))
+
+
+def test_a_chatgpt_answer_still_streaming_at_the_deadline_is_cut(chatgpt: FakeChatGPTBackend) -> None:
+    chatgpt.reply, chatgpt.event_delay = "x" * 60, 0.1  # 20 events: 2 s
+    provider = ChatGPTProvider(access_token=chatgpt.token, base_url=chatgpt.url, timeout=5, deadline=0.5)
+    text = ""
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout, match="UPSTREAM_DEADLINE_SECONDS"):
+        for chunk in provider.stream_reply(chatgpt_request()):
+            text += chunk.delta
+    assert time.monotonic() - started < 1.5 and 0 < len(text) < 60
+
+
+def test_chatgpt_refusing_with_429_is_a_rate_limit(chatgpt: FakeChatGPTBackend) -> None:
+    chatgpt.fail_next(429, {"message": "Too many requests in 1 hour. Try again later."})
+    provider = ChatGPTProvider(access_token=chatgpt.token, base_url=chatgpt.url, timeout=5)
+    with pytest.raises(UpstreamRateLimited, match="Too many requests"):
+        list(provider.stream_reply(chatgpt_request()))

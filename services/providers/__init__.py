@@ -101,4 +101,5 @@ def _build_chatgpt(settings: Settings) -> Provider:
         model=settings.chatgpt_model,
         proxy=settings.chatgpt_proxy,
         timeout=settings.upstream_read_timeout,
+        deadline=settings.upstream_deadline_seconds,
     )

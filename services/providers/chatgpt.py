@@ -36,10 +36,12 @@ from services.errors import (
     ServiceError,
     UpstreamError,
     UpstreamNotConfigured,
+    UpstreamRateLimited,
     UpstreamTimeout,
 )
 from services.message_paths import message_text
 from services.providers.base import ChatMessage, CompletionEvent, CompletionRequest, ReplyChunk, ReplyRequest
+from services.providers.deadline import Deadline, within
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +80,15 @@ class ChatGPTProvider:
         model: str = "text-davinci-002-render-sha",
         proxy: str | None = None,
         timeout: float = 60.0,
+        deadline: float = 120.0,
     ) -> None:
-        """``timeout`` bounds connecting and each wait for data, not a whole answer."""
+        """``timeout`` bounds connecting and each wait for data; ``deadline`` a whole answer."""
         if not access_token:
             raise UpstreamNotConfigured("CHATGPT_ACCESS_TOKEN is not set")
         self.default_model = model
         self.base_url = _normalised_base_url(base_url)
         self.timeout = timeout
+        self.deadline = deadline
         self._access_token = access_token
         self._proxy = proxy or None
 
@@ -103,6 +107,7 @@ class ChatGPTProvider:
         }
         conversation_id = request.upstream_conversation_id
         model = request.model or self.default_model
+        deadline = Deadline(self.deadline)
         with self._chatbot() as bot, _translated("answer", conversation_id):
             parent_id = None
             if conversation_id is not None:
@@ -114,9 +119,9 @@ class ChatGPTProvider:
                 conversation_id=conversation_id,
                 parent_id=parent_id,
                 model=model,
-                timeout=self.timeout,
+                timeout=min(self.timeout, max(deadline.left(), 0.001)),
             )
-            yield from self._chunks(events, model)
+            yield from self._chunks(within(deadline, events), model)
 
     def complete(self, request: CompletionRequest) -> CompletionEvent:
         """The streamed answer, put together (ChatGPT only streams)."""
@@ -449,8 +454,8 @@ def _library_error(error: typings.Error, action: str, conversation_id: str | Non
             f"ChatGPT has no conversation {conversation_id} ({detail})",
             upstream_conversation_id=conversation_id,
         )
-    if code == 429:
-        return UpstreamError(f"ChatGPT is rate limiting this account (HTTP 429: {detail})", upstream_status=code)
+    if code == 429:  # revChatGPT keeps no headers: no Retry-After to pass on
+        return UpstreamRateLimited(f"ChatGPT is rate limiting this account (HTTP 429: {detail})")
     return UpstreamError(f"ChatGPT refused to {action} (HTTP {code}: {detail})", upstream_status=code)
 
 

@@ -118,9 +118,9 @@ def opened(
         yield response
 
 
-def within(deadline: Deadline, lines: Iterable[str]) -> Iterator[str]:
-    """`lines` until the deadline passes, then an `UpstreamTimeout`."""
-    for line in lines:
+def within(deadline: Deadline, items: Iterable[T]) -> Iterator[T]:
+    """`items` (lines, events) until the deadline passes, then an `UpstreamTimeout`."""
+    for item in items:
         if deadline.left() <= 0:
             raise deadline.expired()
-        yield line
+        yield item
