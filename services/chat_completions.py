@@ -89,14 +89,17 @@ class Exchange:
         return self.placement.seen if self.placement is not None else 0
 
     def upstream_request(self) -> CompletionRequest:
+        """What the provider is sent. An upstream that keeps conversations continues its own
+        where the stored path carries its ids; elsewhere it is sent every message."""
         placement = self.placement
-        continued = placement is not None and placement.upstream_parent_id is not None
+        if placement is None or placement.upstream_parent_id is None:
+            return CompletionRequest(body=self.body, user_message_id=str(self.message_ids[-1]))
         return CompletionRequest(
             body=self.body,
             user_message_id=str(self.message_ids[-1]),
-            seen=self.seen if continued else 0,
-            upstream_conversation_id=placement.upstream_conversation_id if continued and placement else None,
-            upstream_parent_id=placement.upstream_parent_id if continued and placement else None,
+            seen=placement.seen,
+            upstream_conversation_id=placement.upstream_conversation_id,
+            upstream_parent_id=placement.upstream_parent_id,
         )
 
     @property
@@ -396,7 +399,7 @@ class ChatCompletionService:
                 now + STEP * index,
                 status=FINISHED if done else INTERRUPTED,
                 end_turn=reason == "stop",
-                model=completion.get("model") or exchange.body["model"],
+                model=str(completion.get("model") or exchange.body["model"])[:128],
                 finish_details=str(reason if done else "interrupted")[:32],
                 upstream_id=event.upstream_message_id if first else None,
                 prompt_tokens=usage.get("prompt_tokens") if first else None,

@@ -9,6 +9,7 @@ import json
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -32,7 +33,7 @@ IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw
 
 @pytest.fixture
 def settings_overrides() -> dict[str, object]:
-    return {"sse_keep_alive_seconds": 0.05, "auth_cache_seconds": 0}
+    return {"sse_keep_alive_seconds": 0.05}
 
 
 def serve(app: Flask) -> Iterator[str]:
@@ -49,19 +50,26 @@ def base_url(app: Flask) -> Iterator[str]:
     yield from serve(app)
 
 
-def client_of(app: Flask, base_url: str, name: str) -> openai.OpenAI:
-    key = ApiKeys(app.services.database).create(name).key
-    return openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=10)
+@contextmanager
+def client_of(app: Flask, base_url: str, name: str) -> Iterator[openai.OpenAI]:
+    """An SDK client with a key of its own, revoked afterwards (tests on the same database
+    that make no key expect none)."""
+    keys = ApiKeys(app.services.database)
+    key = keys.create(name).key
+    yield openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=10)
+    keys.revoke(name)
 
 
 @pytest.fixture
-def alice(app: Flask, base_url: str) -> openai.OpenAI:
-    return client_of(app, base_url, "alice")
+def alice(app: Flask, base_url: str) -> Iterator[openai.OpenAI]:
+    with client_of(app, base_url, "alice") as client:
+        yield client
 
 
 @pytest.fixture
-def bob(app: Flask, base_url: str) -> openai.OpenAI:
-    return client_of(app, base_url, "bob")
+def bob(app: Flask, base_url: str) -> Iterator[openai.OpenAI]:
+    with client_of(app, base_url, "bob") as client:
+        yield client
 
 
 def history(app: Flask, client: openai.OpenAI, conversation_id: str) -> dict[str, Any]:
@@ -387,7 +395,7 @@ def test_a_stream_the_client_leaves_is_stored_as_far_as_it_got(
 
 
 @pytest.fixture
-def chatgpt_url(database_url: str) -> Iterator[tuple[Flask, FakeChatGPTBackend, str]]:
+def chatgpt_client(database_url: str) -> Iterator[tuple[Flask, FakeChatGPTBackend, openai.OpenAI]]:
     with FakeChatGPTBackend() as backend:
         settings = make_settings(
             database_url,
@@ -397,21 +405,20 @@ def chatgpt_url(database_url: str) -> Iterator[tuple[Flask, FakeChatGPTBackend, 
             chatgpt_base_url=backend.url,
             upstream_read_timeout=3.0,
             sse_keep_alive_seconds=0.05,
-            auth_cache_seconds=0,
         )
         from app import create_app
 
         app = create_app(settings)
         for url in serve(app):
-            yield app, backend, url
+            with client_of(app, url, "carol") as client:
+                yield app, backend, client
         app.services.close()
 
 
 def test_chatgpt_answers_text_threads_upstream_and_refuses_what_it_cannot_do(
-    chatgpt_url: tuple[Flask, FakeChatGPTBackend, str],
+    chatgpt_client: tuple[Flask, FakeChatGPTBackend, openai.OpenAI],
 ) -> None:
-    app, backend, url = chatgpt_url
-    client = client_of(app, url, "carol")
+    app, backend, client = chatgpt_client
     backend.reply = lambda prompt: f"You said: {prompt}"
     first = client.chat.completions.create(model="text-davinci-002-render-sha", messages=[user("Hello")])
     assert first.choices[0].message.content == "You said: Hello" and first.usage is not None

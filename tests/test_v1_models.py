@@ -19,7 +19,8 @@ from tests.test_v1_chat_completions import client_of, serve
 @pytest.fixture
 def client(app: Flask) -> Iterator[openai.OpenAI]:
     for base_url in serve(app):
-        yield client_of(app, base_url, "dave")
+        with client_of(app, base_url, "dave") as keyed:
+            yield keyed
 
 
 def test_the_upstreams_models_are_listed_and_kept_for_a_while(client: openai.OpenAI, fake_upstream: FakeOpenAI) -> None:
@@ -42,8 +43,7 @@ def test_without_a_copy_every_list_asks_the_upstream(client: openai.OpenAI, fake
 def test_without_an_upstream_the_list_is_a_503(database_url: str) -> None:
     app = create_app(make_settings(database_url, None))
     for base_url in serve(app):
-        client = client_of(app, base_url, "erin")
-        with pytest.raises(openai.InternalServerError) as unconfigured:
+        with client_of(app, base_url, "erin") as client, pytest.raises(openai.InternalServerError) as unconfigured:
             client.models.list()
         assert unconfigured.value.status_code == 503 and "OPENAI_API_KEY" in unconfigured.value.message
     app.services.close()
@@ -56,6 +56,6 @@ def test_chatgpt_lists_the_accounts_models(database_url: str) -> None:
         )
         app = create_app(settings)
         for base_url in serve(app):
-            client = client_of(app, base_url, "frank")
-            assert [(m.id, m.owned_by) for m in client.models.list()] == [("text-davinci-002-render-sha", "chatgpt")]
+            with client_of(app, base_url, "frank") as client:
+                assert [(m.id, m.owned_by) for m in client.models.list()] == [("text-davinci-002-render-sha", "chatgpt")]
         app.services.close()
