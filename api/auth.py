@@ -15,7 +15,7 @@ from flask import Flask, request
 from api.context import ANONYMOUS, Caller, set_caller
 
 from config import Settings
-from services.api_keys import KeyRing
+from services.api_keys import KEY_PREFIX, KeyRing
 from services.errors import Unauthenticated
 
 
@@ -59,12 +59,22 @@ def bearer_key() -> str | None:
 def register_auth(app: Flask, keys: KeyRing, *, open_without_keys: bool) -> None:
     """Set the request's `Caller` (see `api.context`) before every /api route."""
 
+    def sdk_placeholder(key: str) -> bool:
+        """OpenAI's SDKs cannot leave the key out: on a server that needs none, a key sent to
+        /v1 that is no key of ours stands for no key (`api_key="none"`, as with Ollama)."""
+        return (
+            open_without_keys
+            and request.path.startswith("/v1/")
+            and not key.startswith(KEY_PREFIX)
+            and not keys.any()
+        )
+
     @app.before_request
     def authenticate() -> None:
         if request.method == "OPTIONS" or not is_api_request():
             return  # CORS preflights carry no credentials
         key = bearer_key()
-        if key is not None:  # a key given is checked even while none is needed
+        if key is not None and not sdk_placeholder(key):  # a key given is checked even while none is needed
             name = keys.owner_of(key)
             if name is None:
                 raise Unauthenticated("The API key is not valid (unknown or revoked).")

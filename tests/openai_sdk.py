@@ -21,11 +21,6 @@ from tests.helpers import history
 
 
 @pytest.fixture
-def settings_overrides() -> dict[str, object]:
-    return {"auth_cache_seconds": 0}  # a key made in the test works at once
-
-
-@pytest.fixture
 def base_url(app: Flask) -> Iterator[str]:
     """The app on a real threaded WSGI server, for the SDK's own HTTP client."""
     server = make_server("127.0.0.1", 0, app, threaded=True)

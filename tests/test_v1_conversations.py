@@ -18,7 +18,6 @@ from tests.openai_sdk import (  # noqa: F401
     base_url,
     sdk,
     sdk_for,
-    settings_overrides,
     stored_rows,
     tree_of,
 )

@@ -12,8 +12,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from fakes.openai_upstream import Fail, FakeOpenAI, Reply
-from tests.helpers import ok, wait_until
-from tests.openai_sdk import bare, base_url, sdk, sdk_for, settings_overrides, stored_rows, tree_of  # noqa: F401
+from tests.helpers import ok, post, wait_until
+from tests.openai_sdk import bare, base_url, sdk, sdk_for, stored_rows, tree_of  # noqa: F401
 
 MODEL = "gpt-test"
 
@@ -260,7 +260,7 @@ def test_client_leaving_mid_stream_keeps_the_text_marked_incomplete(
     assert text.startswith("w0 ") and len(text) < len("".join(pieces))
 
 
-@pytest.mark.parametrize("settings_overrides", [{"sse_keep_alive_seconds": 0.1, "auth_cache_seconds": 0}])
+@pytest.mark.parametrize("settings_overrides", [{"sse_keep_alive_seconds": 0.1}])
 def test_keep_alive_comments_fill_the_silence_before_the_first_event(
     sdk: openai.OpenAI, fake_upstream: FakeOpenAI
 ) -> None:
@@ -335,6 +335,13 @@ def test_unknown_ids_and_other_keys_ids_are_404(
     assert sdk.responses.retrieve(mine.id).output_text == "Echo: Mine"
 
 
+def test_without_keys_the_sdks_placeholder_key_is_the_anonymous_caller(base_url: str, client: FlaskClient) -> None:
+    """The SDK cannot leave its key out; a server that needs no key takes any non-key as none."""
+    anonymous = openai.OpenAI(base_url=base_url, api_key="none", max_retries=0)
+    assert anonymous.responses.create(model=MODEL, input="Hi").status == "completed"
+    assert len(ok(post(client, "conversation", {}))) == 1  # the six routes' anonymous caller owns it
+
+
 def test_a_wrong_key_is_401(base_url: str, sdk: openai.OpenAI) -> None:
     stranger = openai.OpenAI(base_url=base_url, api_key="sk-not-a-key", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as raised:
@@ -342,7 +349,7 @@ def test_a_wrong_key_is_401(base_url: str, sdk: openai.OpenAI) -> None:
     assert raised.value.body["type"] == "authentication_error"  # type: ignore[index]
 
 
-@pytest.mark.parametrize("settings_overrides", [{"rate_limit": "2/minute", "auth_cache_seconds": 0}])
+@pytest.mark.parametrize("settings_overrides", [{"rate_limit": "2/minute"}])
 def test_rate_limit_is_a_429(sdk: openai.OpenAI) -> None:
     sdk.responses.create(model=MODEL, input="One")
     sdk.responses.create(model=MODEL, input="Two")
@@ -355,7 +362,7 @@ CHATGPT = {"llm_provider": "chatgpt", "chatgpt_access_token": "t", "chatgpt_base
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # refused before any storage
-@pytest.mark.parametrize("settings_overrides", [{**CHATGPT, "auth_cache_seconds": 0}])
+@pytest.mark.parametrize("settings_overrides", [{**CHATGPT}])
 def test_a_chatgpt_account_refuses_what_it_cannot_honour(sdk: openai.OpenAI, app: Flask) -> None:
     for fields, param in [
         ({"instructions": "Be brief."}, "instructions"),
