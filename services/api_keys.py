@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from models.db import Database
 from models.entities import ApiKey, Conversation, utcnow
 from models.key_changes import KeyWatch, announce
 from services.errors import InvalidRequest, NotFound
-from services.unit_of_work import UnitOfWork
+from services.unit_of_work import UnitOfWork, unavailable
 
 KEY_PREFIX = "gpa_"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
@@ -135,7 +135,10 @@ class KeyRing:
         return self._current().get(key_hash(key))
 
     def _current(self) -> dict[str, str]:
-        generation = self._watch.generation()
+        try:
+            generation = self._watch.generation()
+        except SQLAlchemyError as error:  # the same rule as in every unit of work
+            raise unavailable(error) or error from error
         copy = self._copy
         if copy is not None and copy[0] >= generation:
             return copy[1]

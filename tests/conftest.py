@@ -80,18 +80,31 @@ def cleaners() -> Iterator[dict[str, Engine]]:
         engine.dispose()
 
 
+TABLES = ("chat_completions", "messages", "conversations", "api_keys")
+"""Every table a test can write, children first (SQLite's DELETE does not cascade)."""
+
+
+def _emptied(url: str, cleaners: dict[str, Engine]) -> str:
+    engine = cleaners.get(url) or cleaners.setdefault(url, create_engine(url))
+    with engine.begin() as connection:
+        for table in TABLES:
+            connection.execute(text(f"DELETE FROM {table}"))
+    return url
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, cleaners: dict[str, Engine]) -> str:
     """The URL of a migrated database of each kind, its tables emptied before the test.
 
     A test that migrates it further or drops tables must use a database of its own.
     """
-    url = request.getfixturevalue(f"{request.param}_url")
-    engine = cleaners.get(url) or cleaners.setdefault(url, create_engine(url))
-    with engine.begin() as connection:
-        for table in ("chat_completions", "messages", "conversations", "api_keys"):
-            connection.execute(text(f"DELETE FROM {table}"))
-    return url
+    return _emptied(request.getfixturevalue(f"{request.param}_url"), cleaners)
+
+
+@pytest.fixture
+def empty_postgresql_url(postgresql_url: str, cleaners: dict[str, Engine]) -> str:
+    """The run's PostgreSQL database alone, its tables emptied before the test."""
+    return _emptied(postgresql_url, cleaners)
 
 
 @pytest.fixture(scope="session")

@@ -31,15 +31,15 @@ DB_TIMEOUT = 1.0
 
 
 @pytest.fixture
-def proxy(postgresql_url: str) -> Iterator[TcpProxy]:
-    target = make_url(postgresql_url)
+def proxy(empty_postgresql_url: str) -> Iterator[TcpProxy]:
+    target = make_url(empty_postgresql_url)
     with TcpProxy(target.host or "127.0.0.1", target.port or 5432) as proxy:
         yield proxy
 
 
 @pytest.fixture
-def proxied_url(postgresql_url: str, proxy: TcpProxy) -> str:
-    return make_url(postgresql_url).set(port=proxy.port).render_as_string(hide_password=False)
+def proxied_url(empty_postgresql_url: str, proxy: TcpProxy) -> str:
+    return make_url(empty_postgresql_url).set(port=proxy.port).render_as_string(hide_password=False)
 
 
 @pytest.fixture
