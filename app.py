@@ -35,9 +35,11 @@ from api.hardening import register_hardening
 from api.limits import register_limits
 from api.ops import bp as ops_bp
 from api.request_log import register_request_log
+from api.search import bp as search_bp
 from config import INSTANCE_DIR, Settings
 from log_config import configure_logging
 from models.db import Database
+from models.search import reindex
 from services.api_keys import ApiKeys, KeyRing
 from services.conversations import ConversationService
 from services.errors import ServiceError, UpstreamNotConfigured
@@ -68,7 +70,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         timeout=settings.db_timeout,
     )
     if settings.migrate_on_start:
-        db.migrate()
+        db.migrate(search_language=settings.search_language)
     try:
         provider, reason = build_provider(settings), ""
     except UpstreamNotConfigured as error:
@@ -86,6 +88,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         max_prompt_chars=settings.max_prompt_chars,
     )
     app.register_blueprint(chat_bp)
+    app.register_blueprint(search_bp)
     app.register_blueprint(ops_bp)
     app.register_blueprint(docs_bp)
     register_error_handlers(app)
@@ -225,9 +228,10 @@ def migrate() -> None:
 
 @contextmanager
 def migrated_database() -> Iterator[Database]:
-    database = Database(Settings().database_url)
+    settings = Settings()
+    database = Database(settings.database_url)
     try:
-        database.migrate()
+        database.migrate(search_language=settings.search_language)
         yield database
     finally:
         database.dispose()
@@ -285,6 +289,24 @@ def revoke_key(name: str) -> None:
         except ServiceError as error:
             raise click.ClickException(error.message) from error
     click.echo(f"Revoked the key of '{name}'.")
+
+
+@cli.group("search")
+def search_group() -> None:
+    """The full-text search index."""
+
+
+@search_group.command("reindex")
+def reindex_command() -> None:
+    """Index every message and title again with SEARCH_LANGUAGE (run it after changing that
+    setting), a batch at a time, while the service keeps serving."""
+    language = Settings().search_language
+    with migrated_database() as database:
+        try:
+            reindex(database.engine, language)
+        except ValueError as error:
+            raise click.ClickException(str(error)) from error
+    click.echo(f"search index rebuilt with language '{language}'", err=True)
 
 
 @cli.command("export")

@@ -18,7 +18,7 @@ from pydantic.json_schema import models_json_schema
 from api import responses
 from api.errors import HTTP_CODES, STATUS_BY_ERROR
 from api.request_log import REQUEST_ID_HEADER, VALID_REQUEST_ID
-from api.schemas import AskBody, EmptyBody, ListBody, RequiredConversationRef, TitleBody
+from api.schemas import AskBody, EmptyBody, ListBody, RequiredConversationRef, SearchBody, TitleBody
 from config import PROJECT_ROOT
 from services.errors import ServiceError
 
@@ -106,6 +106,20 @@ OPERATIONS: dict[str, Operation] = {
     "chat.clear_conversations": _api(
         "Delete every conversation of the caller", EmptyBody, responses.EmptyResponse
     ),
+    "search.search": _api(
+        "Search the caller's conversations: titles and messages",
+        SearchBody,
+        responses.SearchResponse,
+        404,
+        description=(
+            "Words must all match; `\"a quoted phrase\"`, `-excluded`, `prefix*`; anything else "
+            "(`foo_bar.baz()`, `example.com/docs`) is found as typed, ignoring case. Chinese, "
+            "Japanese, Korean and Thai text match as substrings. Hits come best first: "
+            "conversations whose title matches (`message_id` null), then messages, newest "
+            "first; pass the last hit's `cursor` as `after` for the next page. `role` and "
+            "`convo_id` narrow the search (a `role` leaves titles out)."
+        ),
+    ),
     "ops.healthz": Operation(
         "Liveness: the process answers (no database, no upstream)", response=responses.Health, tag="operations"
     ),
@@ -154,13 +168,14 @@ def error_codes() -> dict[int, list[str]]:
 
 
 def _schemas() -> dict[str, Any]:
-    requests = [AskBody, ListBody, RequiredConversationRef, TitleBody, EmptyBody]
+    requests = [AskBody, ListBody, RequiredConversationRef, TitleBody, EmptyBody, SearchBody]
     answers = [
         responses.AnswerResponse,
         responses.AnswerEvent,
         responses.ConversationListResponse,
         responses.ConversationTreeResponse,
         responses.EmptyResponse,
+        responses.SearchResponse,
         responses.ErrorResponse,
         responses.Health,
         responses.Ready,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.conversations import Answer, ConversationSummary
+from services.search import SearchHit
 
 
 def answer_payload(answer: Answer) -> dict[str, Any]:
@@ -29,4 +30,16 @@ def summary_payload(summary: ConversationSummary) -> dict[str, Any]:
         "update_time": summary.updated_at.isoformat(),
         "mapping": None,
         "current_node": None,
+    }
+
+
+def search_hit_payload(hit: SearchHit) -> dict[str, Any]:
+    return {
+        "conversation_id": str(hit.conversation_id),
+        "title": hit.title,
+        "message_id": str(hit.message_id) if hit.message_id else None,
+        "role": hit.role,
+        "snippet": hit.snippet,
+        "create_time": hit.created_at.timestamp(),
+        "cursor": hit.cursor,
     }

@@ -60,6 +60,22 @@ class ConversationListResponse(BaseModel):
     response: list[ConversationSummary]
 
 
+class SearchHit(BaseModel):
+    """A conversation whose title matches (`message_id` and `role` null), or a message."""
+
+    conversation_id: UUID
+    title: str
+    message_id: UUID | None
+    role: Literal["user", "assistant"] | None
+    snippet: str = Field(description="About 200 characters around the matches, each marked `**like this**`.")
+    create_time: float = Field(description="Epoch seconds: when the message (or the conversation) was made.")
+    cursor: str = Field(description="Pass as `after` to get the hits that follow this one.")
+
+
+class SearchResponse(BaseModel):
+    response: list[SearchHit]
+
+
 class Usage(BaseModel):
     """Tokens of an answer: the upstream's count, or estimated with a tokenizer when it gave none."""
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 from uuid import UUID
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -75,3 +75,12 @@ class TitleBody(RequiredConversationRef):
 
 class EmptyBody(Body):
     pass
+
+
+class SearchBody(ConversationRef):
+    """`convo_id` (or `conversation_id`) searches one conversation."""
+
+    query: Annotated[NonBlank, Field(max_length=1000)]
+    limit: Annotated[int, Field(ge=1, le=100)] = 20
+    after: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    role: Literal["user", "assistant"] | None = None

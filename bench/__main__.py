@@ -29,6 +29,7 @@ from sqlalchemy.engine import make_url
 from bench.loadgen import LoadResult, Wrk, ensure_wrk
 from bench.processes import Child, free_port, raise_fd_limit, start_fake_upstream, start_service
 from bench.report import Row, Section, Target, misses, render
+from bench.search import search_sections
 from bench.seed import create_database, drop_database, list_cursor, seed
 from bench.streams import StreamRun, run_streams
 
@@ -56,8 +57,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--history-messages", type=int, default=1000, help="messages in the long one (default: 1000)")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for the service, e.g. --env WORKERS=1 (repeatable)")
-    parser.add_argument("--only", default="reading,asks,streams",
-                        help="comma-separated phases to run: reading, asks, streams (default: all)")
+    parser.add_argument("--search-messages", type=int, default=1_000_000,
+                        help="messages seeded for the search phase, ten per conversation (default: 1000000)")
+    parser.add_argument("--only", default="reading,asks,streams,search",
+                        help="comma-separated phases to run: reading, asks, streams, search (default: all)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs and print where")
     return parser.parse_args(argv)
 
@@ -171,19 +174,32 @@ class Bench:
 
     def run(self, phases: list[str]) -> list[Section]:
         self.database()
-        upstream = self.upstream("upstream-ask", chunks=3, chunk_delay_ms=0)
-        service = self.service("service-ask", upstream)
-        self.load("warm-up", service, f"{service.url}/healthz", self.args.concurrency, method="GET", seconds=2)
         sections = []
-        if "reading" in phases:
-            sections.append(self.reading(service))
-        if "asks" in phases:
-            sections.append(self.asks(service, upstream))
-        service.stop()
-        upstream.stop()
+        if {"reading", "asks"} & set(phases):
+            upstream = self.upstream("upstream-ask", chunks=3, chunk_delay_ms=0)
+            service = self.service("service-ask", upstream)
+            self.load("warm-up", service, f"{service.url}/healthz", self.args.concurrency, method="GET", seconds=2)
+            if "reading" in phases:
+                sections.append(self.reading(service))
+            if "asks" in phases:
+                sections.append(self.asks(service, upstream))
+            service.stop()
+            upstream.stop()
         if "streams" in phases:
             sections.append(self.streams_phase())
+        if "search" in phases:
+            sections += self.search_phase()
         return sections
+
+    def search_phase(self) -> list[Section]:
+        """Full-text search on a database of its own (it starts before migration 0005)."""
+        name = f"gpt_api_bench_search_{uuid.uuid4().hex[:10]}"
+        url = create_database(self.args.postgres_url, name)
+        try:
+            return search_sections(url, self.work_dir, self.args.search_messages, log)
+        finally:
+            log(f"dropping database {name}")
+            drop_database(self.args.postgres_url, name)
 
     def reading(self, service: Child) -> Section:
         """History of a long conversation, and list pages among many conversations."""
@@ -312,7 +328,7 @@ def work_directory(keep: bool) -> Iterator[Path]:
             yield Path(path)
 
 
-PHASES = ("reading", "asks", "streams")
+PHASES = ("reading", "asks", "streams", "search")
 
 
 def main(argv: list[str] | None = None) -> int:
