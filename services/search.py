@@ -13,14 +13,14 @@ import json
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.orm import Session
 
 from models.db import Database
 from models.entities import Conversation
-from models.search import Filters, Key, MessageHit, TitleHit, find_messages, find_titles, indexed_language
+from models.search import MESSAGES, TITLES, Filters, Hit, Key, find, indexed_language
 from models.search_text import Term
 from services.errors import ConversationNotFound, InvalidRequest
 from services.search_query import parse
@@ -29,8 +29,6 @@ from services.snippets import snippet
 log = logging.getLogger(__name__)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-TITLES, MESSAGES = 0, 1
-"""The two tiers of the order, as a cursor names them."""
 
 
 @dataclass(frozen=True)
@@ -80,23 +78,16 @@ class SearchService:
         query = parse(request.query)
         if not query.included:
             return []  # exclusions alone narrow nothing down
-        tier, key = decode_cursor(request.after) if request.after else (TITLES, None)
-        hits: list[SearchHit] = []
+        after = decode_cursor(request.after) if request.after else None
         with self._db.unit_of_work() as uow:
             self._check_language(uow.session)
             if request.conversation_id is not None:
                 conversation = uow.session.get(Conversation, request.conversation_id)
                 if conversation is None or conversation.owner != owner:
                     raise ConversationNotFound(f"Conversation {request.conversation_id} does not exist.")
-            filters = Filters(owner=owner, conversation_id=request.conversation_id, role=request.role)
-            if tier == TITLES and request.role is None:
-                titles = find_titles(uow.session, query, replace(filters, before=key), request.limit)
-                hits += [self._title_hit(hit, query.terms) for hit in titles]
-                key = None
-            if len(hits) < request.limit:
-                messages = find_messages(uow.session, query, replace(filters, before=key), request.limit - len(hits))
-                hits += [self._message_hit(hit, query.terms) for hit in messages]
-        return hits
+            filters = Filters(owner, after, request.conversation_id, request.role)
+            found = find(uow.session, query, filters, request.limit)
+        return [_hit(hit, query.terms) for hit in found]
 
     def _check_language(self, session: Session) -> None:
         """Warn once when SEARCH_LANGUAGE is not what the index was built with."""
@@ -110,27 +101,14 @@ class SearchService:
                 "`python app.py search reindex` is run.", self._language, built, built,
             )
 
-    @staticmethod
-    def _title_hit(hit: TitleHit, terms: Sequence[Term]) -> SearchHit:
-        return SearchHit(
-            conversation_id=hit.conversation_id,
-            title=hit.title,
-            message_id=None,
-            role=None,
-            snippet=snippet(hit.title, terms),
-            created_at=hit.created_at,
-            cursor=encode_cursor(TITLES, Key(hit.created_at, hit.conversation_id)),
-        )
 
-    @staticmethod
-    def _message_hit(hit: MessageHit, terms: Sequence[Term]) -> SearchHit:
-        return SearchHit(
-            conversation_id=hit.conversation_id,
-            title=hit.title,
-            message_id=hit.message_id,
-            role=hit.role,
-            snippet=snippet(hit.content, terms),
-            created_at=hit.created_at,
-            cursor=encode_cursor(MESSAGES, Key(hit.created_at, hit.message_id)),
-        )
-
+def _hit(hit: Hit, terms: Sequence[Term]) -> SearchHit:
+    return SearchHit(
+        conversation_id=hit.conversation_id,
+        title=hit.title,
+        message_id=hit.message_id,
+        role=hit.role,
+        snippet=snippet(hit.content if hit.message_id else hit.title, terms),
+        created_at=hit.created_at,
+        cursor=encode_cursor(hit.tier, hit.key),
+    )

@@ -17,7 +17,7 @@ from openapi_spec_validator import validate
 from werkzeug.test import TestResponse
 
 from api.openapi import REF
-from api.schemas import AskBody, EmptyBody, ListBody, RequiredConversationRef, TitleBody
+from api.schemas import AskBody, EmptyBody, ListBody, RequiredConversationRef, SearchBody, TitleBody
 from services.transfer import ConversationTransfer, read_export
 from tests.fakes.openai_upstream import Fail, FakeOpenAI
 from tests.helpers import ok, post, sse_json
@@ -83,6 +83,7 @@ def test_every_route_of_the_app_is_in_the_spec(app: Flask, spec: dict[str, Any])
         ("/api/chat/change/title", TitleBody),
         ("/api/chat/delete/conversation", RequiredConversationRef),
         ("/api/chat/clear/conversations", EmptyBody),
+        ("/api/chat/search", SearchBody),
     ],
 )
 def test_request_bodies_are_the_validating_models(spec: dict[str, Any], path: str, model: type) -> None:
@@ -123,6 +124,8 @@ def test_real_answers_conform_to_the_spec(
     ConversationTransfer(app.extensions["database"]).import_conversations(read_export(EXPORT.open("rb")))
     for imported in json.loads(EXPORT.read_text()):  # tool messages, images, code, empty nodes
         conforms(spec, "/api/chat/msg/history", post(client, "msg/history", {"convo_id": imported["id"]}))
+    conforms(spec, "/api/chat/search", post(client, "search", {"query": "Hello"}))
+    conforms(spec, "/api/chat/search", post(client, "search", {"query": "capital", "limit": 1}))
     conforms(spec, "/api/chat/change/title", post(client, "change/title", {"convo_id": conversation_id, "title": "T"}))
     conforms(spec, "/api/chat/delete/conversation", post(client, "delete/conversation", {"convo_id": conversation_id}))
     conforms(spec, "/api/chat/clear/conversations", post(client, "clear/conversations", {}))

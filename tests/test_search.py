@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
+import models.search
 from models.db import Database
 from models.entities import Conversation, Message
 from models.search import BATCH, indexed_language, reindex
@@ -223,6 +224,42 @@ def test_pages_follow_each_other_without_repeats_or_gaps(app: Flask, client: Fla
         after = page[-1]["cursor"]
     assert [len(page) for page in pages] == [6, 6, 6, 6, 3]
     assert [hit["cursor"] for page in pages for hit in page] == [hit["cursor"] for hit in everything]
+
+
+STRATEGIES = [  # (rows tested one by one first, few matches, many matches)
+    ({"postgresql": 3, "sqlite": 3}, 500, 40_000),  # newest rows first, then the index
+    ({"postgresql": 3, "sqlite": 3}, 0, 4),  # SQLite: one by one, then the set of matches
+    ({"postgresql": 3, "sqlite": 3}, 0, 1_000),  # SQLite: the set of matches
+    ({"postgresql": 1_000, "sqlite": 200}, 1_000, 40_000),  # SQLite: matches sorted by time
+]
+
+
+@pytest.mark.parametrize(("recent", "few", "many"), STRATEGIES)
+def test_every_way_to_a_page_gives_the_same_pages(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch, recent: dict, few: int, many: int
+) -> None:
+    """Each plan the queries choose between by size, forced at a small size: the same hits,
+    in the same order, page after page."""
+    moment = datetime(2025, 6, 1, tzinfo=UTC)
+    for index in range(12):
+        words = ["often"] + (["sometimes"] if index % 3 == 0 else []) + (["东京"] if index % 2 else [])
+        store(app, *[" ".join(words + [f"n{index}x{n}"]) for n in range(3)], title=f"often {index}",
+              at=moment + timedelta(seconds=index // 4))  # ties in time as well
+    queries = ["often", "sometimes", "often -sometimes", "often 东京", "东京 -sometimes", "oft*"]
+    expected = {query: search(client, query, limit=100) for query in queries}
+    monkeypatch.setattr(models.search, "RECENT", recent)
+    monkeypatch.setattr(models.search, "FEW_MATCHES", few)
+    monkeypatch.setattr(models.search, "MANY_MATCHES", many)
+    for query in queries:
+        hits, after = [], None
+        while True:
+            page = search(client, query, limit=5, **({"after": after} if after else {}))
+            if not page:
+                break
+            hits += page
+            after = page[-1]["cursor"]
+        assert hits == expected[query], query
+    assert len(expected["often"]) == 12 + 36 and len(expected["often 东京"]) == 18
 
 
 def test_a_page_may_start_after_any_hit(app: Flask, client: FlaskClient) -> None:

@@ -133,9 +133,6 @@ def _postgresql(language: str) -> None:
     )
     op.execute("ALTER TABLE messages ADD COLUMN IF NOT EXISTS search_vector tsvector")
     op.execute("ALTER TABLE conversations ADD COLUMN IF NOT EXISTS search_vector tsvector")
-    # The planner decides between walking the time index and reading the GIN index from
-    # how common each word is: a longer list of common words makes rare ones look rare.
-    op.execute("ALTER TABLE messages ALTER COLUMN search_vector SET STATISTICS 1000")
     op.execute(
         f"""
         CREATE OR REPLACE FUNCTION messages_search() RETURNS trigger LANGUAGE plpgsql AS $$
