@@ -27,6 +27,7 @@ from api.limits import register_limits
 from api.openapi import openapi_options
 from api.ops import bp as ops_bp
 from api.request_log import register_request_log
+from api.search import bp as search_bp
 from api.web import bp as web_bp
 from api.v1.chat_completions import bp as v1_chat_completions_bp
 from api.v1.models import bp as v1_models_bp
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.services = services or build_services(settings)
     app.register_api(chat_bp)
+    app.register_api(search_bp)
     app.register_api(ops_bp)
     app.register_api(docs_bp)
     if settings.web_ui:

@@ -21,6 +21,7 @@ from app import create_app
 from config import Settings
 from log_config import configure_logging
 from models.db import Database
+from models.search import reindex
 from services.api_keys import ApiKeys
 from services.errors import ServiceError
 from services.metrics import prepare_multiprocess
@@ -66,7 +67,7 @@ def migrate(settings: Settings) -> None:
 def migrated_database(settings: Settings) -> Iterator[Database]:
     database = Database(settings.database_url)
     try:
-        database.migrate()
+        database.migrate(search_language=settings.search_language)
         yield database
     finally:
         database.dispose()
@@ -127,6 +128,24 @@ def revoke_key(settings: Settings, name: str) -> None:
         except ServiceError as error:
             raise click.ClickException(error.message) from error
     click.echo(f"Revoked the key of '{name}'.")
+
+
+@cli.group("search")
+def search_group() -> None:
+    """The full-text search index."""
+
+
+@search_group.command("reindex")
+@pass_settings
+def reindex_command(settings: Settings) -> None:
+    """Index every message and title again with SEARCH_LANGUAGE (run it after changing that
+    setting), a batch at a time, while the service keeps serving."""
+    with migrated_database(settings) as database:
+        try:
+            reindex(database.engine, settings.search_language)
+        except ValueError as error:
+            raise click.ClickException(str(error)) from error
+    click.echo(f"search index rebuilt with language '{settings.search_language}'", err=True)
 
 
 @cli.command("export")

@@ -128,6 +128,10 @@ class Settings(BaseSettings):
     web_ui: bool = True
     """Serve the chat page at `/`; false for API-only deployments."""
     migrate_on_start: bool = True
+    search_language: str = Field(default="simple", pattern=r"^[a-z_][a-z0-9_]*$")
+    """Text search configuration the index is built with (PostgreSQL's `english`, `german`,
+    ...; SQLite stems only `english`). Read by the migration; changed later with
+    `python app.py search reindex`."""
     sse_keep_alive_seconds: float = Field(default=15.0, gt=0)
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
 

@@ -28,6 +28,7 @@ from typing_extensions import TypedDict
 from services.asking import Answer
 from services.chatgpt_format import ConversationDocument
 from services.conversations import ConversationSummary
+from services.search import SearchHit
 
 MAX_OFFSET = 1_000_000_000
 """Far past any real list, and far inside every database's integer range."""
@@ -161,6 +162,18 @@ class EmptyBody(Body):
     pass
 
 
+class SearchBody(ConversationRef):
+    """Words must all match, `"a phrase"`, `-excluded`, `prefix*`; anything else is literal.
+    `convo_id` (or `conversation_id`) searches one conversation."""
+
+    query: Annotated[NonBlank, Field(max_length=1000)]
+    limit: Annotated[int, Field(strict=True, ge=1, le=100), WHOLE_NUMBER] = 20
+    after: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
+        default=None, description="The `cursor` of the last hit of the previous page."
+    )
+    role: Literal["user", "assistant"] | None = None
+
+
 # -- answers ----------------------------------------------------------------
 
 
@@ -274,6 +287,34 @@ CONVERSATION_LINKS: dict[str, Any] = {
     },
 }
 """Where an answer's ids lead (OpenAPI links; Schemathesis follows them in its stateful phase)."""
+
+
+class SearchHitPayload(TypedDict):
+    """A conversation whose title matches (`message_id` and `role` null), or a message."""
+
+    conversation_id: UUIDText
+    title: str
+    message_id: UUIDText | None
+    role: Literal["user", "assistant"] | None
+    snippet: Annotated[str, Field(description="About 200 characters around the matches, each marked `**like this**`.")]
+    create_time: Annotated[float, Field(description="Epoch seconds: when the message (or the conversation) was made.")]
+    cursor: Annotated[str, Field(description="Pass as `after` to get the hits that follow this one.")]
+
+
+def search_hit_payload(hit: SearchHit) -> SearchHitPayload:
+    return {
+        "conversation_id": str(hit.conversation_id),
+        "title": hit.title,
+        "message_id": str(hit.message_id) if hit.message_id else None,
+        "role": hit.role,  # type: ignore[typeddict-item]
+        "snippet": hit.snippet,
+        "create_time": hit.created_at.timestamp(),
+        "cursor": hit.cursor,
+    }
+
+
+class SearchResponse(BaseModel):
+    response: list[SearchHitPayload]
 
 
 class AnswerResponse(BaseModel):

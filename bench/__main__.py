@@ -30,6 +30,7 @@ from bench.context import measure as measure_budget
 from bench.loadgen import LoadResult, Wrk, ensure_wrk
 from bench.processes import Child, start_fake_upstream, start_service
 from bench.report import Row, Section, Target, misses, render
+from bench.search import search_sections
 from bench.seed import create_database, drop_database, list_cursor, seed
 from bench.streams import StreamRun, run_streams
 from fakes.net import free_port, raise_fd_limit
@@ -58,8 +59,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--history-messages", type=int, default=1000, help="messages in the long one (default: 1000)")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for the service, e.g. --env WORKERS=1 (repeatable)")
-    parser.add_argument("--only", default="budget,reading,asks,streams",
-                        help="comma-separated phases to run: budget, reading, asks, streams (default: all)")
+    parser.add_argument("--search-messages", type=int, default=1_000_000,
+                        help="messages seeded for the search phase, ten per conversation (default: 1000000)")
+    parser.add_argument("--only", default="budget,reading,asks,streams,search",
+                        help="comma-separated phases to run: budget, reading, asks, streams, search (default: all)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs and print where")
     return parser.parse_args(argv)
 
@@ -189,6 +192,8 @@ class Bench:
             upstream.stop()
         if "streams" in phases:
             sections.append(self.streams_phase())
+        if "search" in phases:
+            sections += self.search_phase()
         return sections
 
     def budget(self) -> Section:
@@ -207,6 +212,16 @@ class Bench:
             Row("path over the window (gpt-4, 8,192), p99", run.truncated_p99_ms, "ms"),
             Row("first fit, every message tokenized", run.cold_ms, "ms"),
         ])
+
+    def search_phase(self) -> list[Section]:
+        """Full-text search on a database of its own (it starts before migration 0005)."""
+        name = f"gpt_api_bench_search_{uuid.uuid4().hex[:10]}"
+        url = create_database(self.args.postgres_url, name)
+        try:
+            return search_sections(url, self.work_dir, self.args.search_messages, log)
+        finally:
+            log(f"dropping database {name}")
+            drop_database(self.args.postgres_url, name)
 
     def reading(self, service: Child) -> Section:
         """History of a long conversation, and list pages among many conversations."""
@@ -335,7 +350,7 @@ def work_directory(keep: bool) -> Iterator[Path]:
             yield Path(path)
 
 
-PHASES = ("budget", "reading", "asks", "streams")
+PHASES = ("budget", "reading", "asks", "streams", "search")
 
 
 def main(argv: list[str] | None = None) -> int:

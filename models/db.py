@@ -85,20 +85,27 @@ class Database:
         )
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
-    def migrate(self) -> None:
-        """Bring the schema to the newest revision.
+    def migrate(self, revision: str = "head", **options: str) -> None:
+        """Bring the schema to `revision` (the newest by default); `options` reach the
+        migrations (`search_language`).
 
-        On PostgreSQL an advisory lock makes instances that start together take turns.
+        Each migration runs in its own transaction, and a migration may commit batches of
+        its own (filling a new column without holding a lock for long). On PostgreSQL a
+        session-level advisory lock makes instances that start together take turns; the
+        connection is closed afterwards, which releases it.
         """
         config = _alembic_config()
-        with pg_wait.unlimited(), self.engine.begin() as connection:
-            if connection.dialect.name == "postgresql":
-                connection.execute(text("SET LOCAL statement_timeout = 0"))
-                connection.execute(
-                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
-                )
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+        config.attributes.update(options)
+        with pg_wait.unlimited(), self.engine.connect() as connection:
+            try:
+                if connection.dialect.name == "postgresql":
+                    connection.execute(text("SET statement_timeout = 0"))
+                    connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                    connection.commit()
+                config.attributes["connection"] = connection
+                command.upgrade(config, revision)
+            finally:
+                connection.invalidate()
 
     @staticmethod
     def schema_is_current(connection: Connection) -> bool:

@@ -1,4 +1,9 @@
-"""The two tables: conversations, and their messages as an adjacency list on `parent_id`."""
+"""The two tables: conversations, and their messages as an adjacency list on `parent_id`.
+
+Search (migration 0005, models/search.py) adds what no model maps, kept by triggers: on
+PostgreSQL a `search_vector` tsvector column on both tables with GIN indexes, on SQLite
+FTS5 tables (`message_words`, `message_grams`, `conversation_words`, ...).
+"""
 
 from __future__ import annotations
 
@@ -65,6 +70,7 @@ class Conversation(Base):
 
     __table_args__ = (
         Index("ix_conversations_owner_updated", "owner", updated_at.desc(), id.desc()),
+        Index("ix_conversations_search_order", "owner", created_at.desc(), id.desc()),
     )
 
 
@@ -124,6 +130,13 @@ class Message(Base):
             "path_hash",
             postgresql_where=text("path_hash IS NOT NULL"),
             sqlite_where=text("path_hash IS NOT NULL"),
+        ),
+        Index(
+            "ix_messages_search_order",
+            created_at.desc(),
+            id.desc(),
+            postgresql_where=text("role IN ('user', 'assistant')"),
+            sqlite_where=text("role IN ('user', 'assistant')"),
         ),
     )
 

@@ -21,6 +21,7 @@ from services.metrics import Metrics
 from services.model_catalog import ModelCatalog
 from services.providers import build_provider
 from services.responses import ResponseService
+from services.search import SearchService
 from services.shared_counts import new_counts_file
 from services.stream_slots import StreamSlots, build_slots
 from services.titles import TitleWriter
@@ -44,6 +45,7 @@ class Services:
     models: ModelCatalog
     responses: ResponseService
     items: ConversationItems
+    search: SearchService
 
     def close(self) -> None:
         """Let background work finish, then close the database's connections."""
@@ -61,7 +63,7 @@ def build_services(settings: Settings) -> Services:
         timeout=settings.db_timeout,
     )
     if settings.migrate_on_start:
-        database.migrate()
+        database.migrate(search_language=settings.search_language)
     metrics = Metrics()
     try:
         provider, reason = build_provider(settings, metrics), ""
@@ -104,5 +106,6 @@ def build_services(settings: Settings) -> Services:
         ),
         models=ModelCatalog(provider, ttl=settings.models_cache_seconds, unconfigured_reason=reason),
         responses=ResponseService(database, asking, one_message_upstream=settings.llm_provider == "chatgpt"),
+        search=SearchService(database, settings.search_language),
         items=ConversationItems(database, asking, conversations),
     )

@@ -81,6 +81,7 @@ def route_bodies(route: str, ids: list[str]) -> st.SearchStrategy[Any]:
         "/api/chat/msg/history": {"convo_id": refs, "conversation_id": refs},
         "/api/chat/change/title": {"convo_id": refs, "conversation_id": refs, "title": texts},
         "/api/chat/delete/conversation": {"convo_id": refs, "conversation_id": refs},
+        "/api/chat/search": {"query": texts, "limit": numbers, "after": texts, "role": texts, "convo_id": refs},
     }.get(route, {})
     shaped = st.fixed_dictionaries({}, optional=fields)
     extra = st.dictionaries(st.text(max_size=6), json_values(ids), max_size=2)

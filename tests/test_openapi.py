@@ -16,7 +16,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 from openapi_spec_validator import validate
 from werkzeug.test import TestResponse
 
-from api.schemas import AskBody, EmptyBody, ListBody, RequiredConversationRef, TitleBody
+from api.schemas import AskBody, EmptyBody, ListBody, RequiredConversationRef, SearchBody, TitleBody
 from fakes.openai_upstream import Fail, FakeOpenAI
 from services.transfer import ConversationTransfer, read_export
 from tests.helpers import ok, post, sse_json
@@ -81,6 +81,7 @@ def test_every_route_of_the_app_is_in_the_spec(app: Flask, spec: dict[str, Any])
         ("/api/chat/change/title", TitleBody),
         ("/api/chat/delete/conversation", RequiredConversationRef),
         ("/api/chat/clear/conversations", EmptyBody),
+        ("/api/chat/search", SearchBody),
     ],
 )
 def test_request_bodies_are_the_validating_models(spec: dict[str, Any], path: str, model: type) -> None:
@@ -126,6 +127,8 @@ def test_real_answers_conform_to_the_spec(
     ConversationTransfer(app.services.database).import_conversations(read_export(EXPORT.open("rb")))
     for imported in json.loads(EXPORT.read_text()):  # tool messages, images, code, empty nodes
         conforms(spec, "/api/chat/msg/history", post(client, "msg/history", {"convo_id": imported["id"]}))
+    conforms(spec, "/api/chat/search", post(client, "search", {"query": "Hello"}))
+    conforms(spec, "/api/chat/search", post(client, "search", {"query": "capital", "limit": 1}))
     conforms(spec, "/api/chat/change/title", post(client, "change/title", {"convo_id": conversation_id, "title": "T"}))
     conforms(spec, "/api/chat/delete/conversation", post(client, "delete/conversation", {"convo_id": conversation_id}))
     conforms(spec, "/api/chat/clear/conversations", post(client, "clear/conversations", {}))

@@ -1,0 +1,602 @@
+"""Search queries on the indexes of migration 0005.
+
+PostgreSQL: `messages.search_vector` and `conversations.search_vector`, tsvectors kept by
+triggers (`search_document()`, configuration `search_language()`), with GIN indexes.
+SQLite: FTS5 external-content tables kept by triggers: `*_words` (unicode61: words and
+prefixes) and `*_grams` (trigram: texts with characters of `UNSEGMENTED` scripts only).
+
+Everything the user typed reaches the database as bound parameters: PostgreSQL reads it
+with phraseto_tsquery (plain text, no operators), FTS5 gets it as quoted strings.
+
+Hits come newest first, keyed by `(created_at, id)`, which never change: a page ends at
+a key and the next one starts below it, so pages neither repeat nor skip a hit. Only
+dialogue messages (user and assistant) are searched, never system prompts.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+import weakref
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, Uuid, bindparam, text
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import TextClause
+
+from models.entities import UTCDateTime
+from models.search_text import Query, Term
+
+DIALOGUE = "('user', 'assistant')"
+RECENT = {"postgresql": 1_000, "sqlite": 200}
+"""Rows tested one by one, newest first, before the older ones are searched through the
+index (on SQLite only for words with MANY_MATCHES): a common word fills its page among
+them; a rare one then costs little more than the index."""
+FEW_MATCHES, MANY_MATCHES = 500, 40_000
+"""SQLite's ways to a page, by how many rows the FTS index matches (counted up to
+MANY_MATCHES): fewer than FEW_MATCHES are fetched and sorted by time; more, and the time
+index is walked keeping the rows in the set of matches (built once); from MANY_MATCHES
+on, the RECENT newest rows are first tested one by one. At a million messages each way
+costs a few ms where it is used, and 100 ms or more elsewhere (bench/README.md)."""
+SHORT_TERM_GRAMS = 200
+"""SQLite: a one- or two-character term is looked up as the trigrams it starts (at most this
+many different ones); beyond that it is matched by reading the texts."""
+BATCH = 5_000
+"""Rows per transaction when (re)indexing existing rows."""
+ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+"""SQLite's lower() changes only ASCII letters; literals are lowered the same way."""
+
+
+TITLES, MESSAGES = 0, 1
+"""The two tiers of the order: conversations whose title matches come first."""
+
+
+@dataclass(frozen=True)
+class Key:
+    """Where a page ended: hits strictly below it (in its tier) come next."""
+
+    at: datetime
+    id: uuid.UUID
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A conversation whose title matches (no message, no role), or a message."""
+
+    tier: int
+    message_id: uuid.UUID | None
+    conversation_id: uuid.UUID
+    title: str
+    role: str | None
+    content: str | None
+    created_at: datetime
+
+    @property
+    def key(self) -> Key:
+        return Key(self.created_at, self.message_id or self.conversation_id)
+
+
+@dataclass(frozen=True)
+class Filters:
+    owner: str
+    after: tuple[int, Key] | None = None
+    """The tier and key of the hit the page starts after."""
+    conversation_id: uuid.UUID | None = None
+    role: str | None = None
+
+
+def find(session: Session, query: Query, filters: Filters, limit: int) -> list[Hit]:
+    """The owner's matching titles (unless a role is asked for: a title is nobody's words),
+    then the matching messages, newest first in each tier."""
+    tier, key = filters.after or (TITLES, None)
+    shared = _Parameters(filters.owner)
+    searches = [_Search(session, MESSAGES_SOURCE, query, filters, key if tier == MESSAGES else None, shared)]
+    if tier == TITLES and filters.role is None:
+        searches.insert(0, _Search(session, TITLES_SOURCE, query, filters, key, shared))
+    if session.get_bind().dialect.name == "postgresql":
+        rows = _postgresql(session, searches, shared, limit)
+    else:
+        rows = []
+        for search in searches:
+            if len(rows) < limit:
+                rows += search.sqlite(limit - len(rows), _sqlite_capabilities(session))
+    return [Hit(*row) for row in rows]
+
+
+# -- what is searched ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Source:
+    """A searched table. Column lists are templates over `{row}`, the row's alias."""
+
+    table: str
+    alias: str
+    column: str
+    words: str
+    grams: str
+    order_index: str
+    scope: str
+    """Conditions every hit meets, for walking the time index (dialogue messages; the
+    owner's conversations)."""
+    kind: str
+    """What of `scope` an index of matches may be combined with (PostgreSQL's GIN reads
+    leave the rest to be checked on the few rows they find)."""
+    walked: str
+    """What testing a row needs (PostgreSQL, newest rows)."""
+    keys: str
+    """What the ordering needs; the rest (`columns`, the fields of `Hit`) is fetched
+    only for the page."""
+    columns: str
+    owner_check: str
+    """How a hit is tied to the caller, checked as late as possible: a message reaches
+    its owner through its conversation."""
+
+    @property
+    def grams_terms(self) -> str:
+        return f"{self.grams}_terms"
+
+
+MESSAGES_SOURCE = _Source(
+    table="messages",
+    alias="m",
+    column="content",
+    words="message_words",
+    grams="message_grams",
+    order_index="ix_messages_search_order",
+    scope=f"m.role IN {DIALOGUE}",
+    kind=f"m.role IN {DIALOGUE}",
+    walked="{row}.id, {row}.conversation_id, {row}.role, {row}.created_at, {row}.search_vector, {row}.content",
+    keys="{row}.id, {row}.conversation_id, {row}.role, {row}.created_at",
+    columns=(
+        "1 AS tier, {row}.id AS message_id, {row}.conversation_id,"
+        " (SELECT c.title FROM conversations c WHERE c.id = {row}.conversation_id) AS title, {row}.role,"
+        " (SELECT body.content FROM messages body WHERE body.id = {row}.id) AS content, {row}.created_at"
+    ),
+    owner_check="(SELECT c.owner FROM conversations c WHERE c.id = {row}.conversation_id) = :owner",
+)
+TITLES_SOURCE = _Source(
+    table="conversations",
+    alias="c",
+    column="title",
+    words="conversation_words",
+    grams="conversation_grams",
+    order_index="ix_conversations_search_order",
+    scope="c.owner = :owner",
+    kind="true",
+    walked="{row}.id, {row}.owner, {row}.title, {row}.created_at, {row}.search_vector",
+    keys="{row}.id, {row}.owner, {row}.title, {row}.created_at",
+    columns=(
+        "0 AS tier, CAST(NULL AS uuid) AS message_id, {row}.id AS conversation_id, {row}.title,"
+        " CAST(NULL AS text) AS role, CAST(NULL AS text) AS content, {row}.created_at"
+    ),
+    owner_check="{row}.owner = :owner",
+)
+
+
+def _escape_like(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+HIT_TYPES = {"message_id": Uuid(), "conversation_id": Uuid(), "created_at": UTCDateTime()}
+
+
+class _Parameters:
+    """The bound parameters of a statement, typed where the driver needs it (UTC times
+    and UUIDs), shared by the parts of one statement."""
+
+    def __init__(self, owner: str) -> None:
+        self.values: dict[str, Any] = {"owner": owner}
+        self.types: dict[str, Any] = {}
+
+    def bind(self, value: Any, type_: Any = None) -> str:
+        name = f"p{len(self.values)}"
+        self.values[name] = value
+        if type_ is not None:
+            self.types[name] = type_
+        return f":{name}"
+
+    def statement(self, sql: str) -> TextClause:
+        """`sql` with the types of the parameters it uses."""
+        used = [name for name in self.types if re.search(rf":{name}\b", sql)]
+        return text(sql).bindparams(*(bindparam(name, type_=self.types[name]) for name in used))
+
+
+class _Search:
+    """One query against one source, with its conditions and bound parameters."""
+
+    def __init__(
+        self, session: Session, source: _Source, query: Query, filters: Filters, before: Key | None,
+        parameters: _Parameters,
+    ) -> None:
+        self.session = session
+        self.source = source
+        self.query = query
+        self.filters = filters
+        self.before = before
+        self.parameters = parameters
+
+    def bind(self, value: Any, type_: Any = None) -> str:
+        return self.parameters.bind(value, type_)
+
+    def rows(self, sql: str) -> list[Any]:
+        statement = self.parameters.statement(sql).columns(**HIT_TYPES)
+        return list(self.session.execute(statement, self.parameters.values))
+
+    def key_conditions(self) -> list[str]:
+        """The page's start and the caller's filters."""
+        return self.start() + self.narrowing()
+
+    def start(self) -> list[str]:
+        """Below the key the page starts after."""
+        a, before = self.source.alias, self.before
+        if before is None:
+            return []
+        at, id_ = self.bind(before.at, UTCDateTime()), self.bind(before.id, Uuid())
+        return [f"({a}.created_at, {a}.id) < ({at}, {id_})"]
+
+    def narrowing(self) -> list[str]:
+        """The caller's filters: one conversation, one role."""
+        a, filters = self.source.alias, self.filters
+        conditions = []
+        if filters.conversation_id is not None:
+            column = "id" if self.source is TITLES_SOURCE else "conversation_id"
+            conditions.append(f"{a}.{column} = {self.bind(filters.conversation_id, Uuid())}")
+        if filters.role is not None:
+            conditions.append(f"{a}.role = {self.bind(filters.role)}")
+        return conditions
+
+    # -- PostgreSQL ----------------------------------------------------------
+
+    def postgresql_parts(self, limit: int) -> list[str]:
+        """Two queries: the newest `RECENT` rows tested one by one, where a common word
+        fills its page; then the older ones read through the GIN index, which PostgreSQL
+        starts only when the first falls short. The plans are chosen here, not by the
+        planner, which guesses how common a word is: a rare word taken for a common one
+        has it walk the whole time index, a common one taken for rare has it read
+        hundreds of thousands of GIN entries."""
+        s, a = self.source, self.source.alias
+        scope = " AND ".join([s.scope, *self.key_conditions()])
+        matching = [f"{a}.search_vector @@ {self.tsquery()}"]
+        for term in self.query.terms:
+            if term.literal:
+                pattern = self.bind(f"%{_escape_like(' '.join(term.text.split()))}%")
+                negation = "NOT " if term.exclude else ""
+                matching.append(f"{a}.{s.column} {negation}ILIKE {pattern} ESCAPE '\\'")
+        newest = f"""
+            SELECT {s.walked.format(row=a)} FROM {s.table} {a} WHERE {scope}
+            ORDER BY {a}.created_at DESC, {a}.id DESC LIMIT {self.bind(RECENT["postgresql"])}
+        """
+        oldest_recent = f"""
+            SELECT {a}.created_at, {a}.id FROM {s.table} {a} WHERE {scope}
+            ORDER BY {a}.created_at DESC, {a}.id DESC OFFSET {self.bind(RECENT["postgresql"] - 1)} LIMIT 1
+        """
+        # Only the GIN index (and a conversation's) finds the older ones; the time and the
+        # owner are checked on what it found: combined with the GIN index, the time index
+        # would add a bitmap of every older row. Sorting on an expression keeps the
+        # planner from walking the time index instead.
+        found = " AND ".join([s.kind, *self.narrowing(), *matching])
+        return [
+            self.postgresql_part(f"({newest}) AS {a} WHERE {' AND '.join(matching)}", "", "true", limit),
+            self.postgresql_part(
+                f"{s.table} {a} WHERE {found}", " + interval '0 seconds'",
+                f"(page.created_at, page.id) < ({oldest_recent})", limit,
+            ),
+        ]
+
+    def postgresql_part(self, rows: str, sort: str, below: str, limit: int) -> str:
+        """The first `limit` of `rows` (a FROM and WHERE) that are `below` (a condition on
+        `page`), newest first. That and the caller's ownership are checked above the
+        ordering (OFFSET 0 keeps them there), so only for the hits the page needs."""
+        s, a = self.source, self.source.alias
+        return f"""
+            SELECT {s.columns.format(row='page')} FROM (
+                SELECT {s.keys.format(row=a)} FROM {rows}
+                ORDER BY {a}.created_at{sort} DESC, {a}.id DESC OFFSET 0
+            ) AS page
+            WHERE {below} AND {s.owner_check.format(row='page')}
+            LIMIT {self.bind(limit)}
+        """
+
+    def boundary(self, scope: list[str], recent: int) -> tuple[str, str] | None:
+        """Conditions for the `recent` newest rows in `scope` and for the older ones, if
+        there are more."""
+        s, a = self.source, self.source.alias
+        index = f" INDEXED BY {s.order_index}" if self.filters.conversation_id is None else ""
+        sql = f"""
+            SELECT {a}.created_at, {a}.id FROM {s.table} {a}{index} WHERE {' AND '.join(scope)}
+            ORDER BY {a}.created_at DESC, {a}.id DESC LIMIT 1 OFFSET {recent - 1}
+        """
+        found = self.session.execute(
+            self.parameters.statement(sql).columns(created_at=UTCDateTime(), id=Uuid()), self.parameters.values
+        ).first()
+        if found is None:
+            return None
+        at, id_ = self.bind(found.created_at, UTCDateTime()), self.bind(found.id, Uuid())
+        return f"({a}.created_at, {a}.id) >= ({at}, {id_})", f"({a}.created_at, {a}.id) < ({at}, {id_})"
+
+    def tsquery(self) -> str:
+        """Every included term and no excluded word or phrase (excluded literals are left to
+        NOT ILIKE). Each term is cut into words by PostgreSQL itself, as documents are
+        (`search_text`), and reaches it only as a bound parameter of phraseto_tsquery,
+        which reads no operators; a prefix adds a `to_tsquery` of one quoted word of
+        letters and digits."""
+        parts = []
+        for term in self.query.terms:
+            if term.exclude and term.literal:
+                continue
+            if term.prefix and not term.unsegmented:
+                head = " ".join(term.words[:-1])
+                last = "'" + term.words[-1].replace("\\", "\\\\").replace("'", "''") + "':*"
+                part = f"to_tsquery(search_language(), {self.bind(last)})"
+                if head:
+                    part = f"tsquery_phrase(phraseto_tsquery(search_language(), search_text({self.bind(head)})), {part})"
+            else:
+                part = f"phraseto_tsquery(search_language(), search_text({self.bind(term.text)}))"
+            parts.append(f"!!{part}" if term.exclude else part)
+        return "(" + " && ".join(parts) + ")"
+
+    # -- SQLite --------------------------------------------------------------
+
+    def sqlite(self, limit: int, capabilities: frozenset[str]) -> list[Any]:
+        s = self.source
+        conditions = [s.scope, *self.key_conditions(), *self.plain_conditions(capabilities)]
+        indexes = []  # (FTS table, expression) that every hit must match
+        words_match = self.words_match() if s.words in capabilities else None
+        excluded = self.excluded_words() if s.words in capabilities else None
+        if words_match is not None:
+            indexes.append((s.words, f"({words_match}) NOT ({excluded})" if excluded else words_match))
+        elif excluded is not None:
+            conditions.append(f"NOT {self.probe(s.words, excluded)}")
+        grams_match = self.grams_match() if s.grams in capabilities else None
+        if grams_match is not None:
+            indexes.append((s.grams, grams_match))
+        if not indexes:
+            return self.sqlite_walk(conditions, limit)
+        if self.filters.conversation_id is not None:  # a conversation's rows are few: test each
+            return self.sqlite_walk(conditions + [self.probe(*index) for index in indexes], limit)
+        counted = sorted((self.count(*index), index) for index in indexes)
+        found, driver = counted[0]
+        if found < FEW_MATCHES:
+            others = [self.probe(*index) for _, index in counted[1:]]
+            return self.sqlite_matches_first(driver, conditions + others, limit)
+        # The index with fewest matches first: SQLite tests the conditions in this order.
+        among = [self.among(*index) for _, index in counted]
+        boundary = self.boundary([s.scope, *self.key_conditions()], RECENT["sqlite"]) if found >= MANY_MATCHES else None
+        if boundary is None:
+            return self.sqlite_walk(among + conditions, limit)
+        newer, older = boundary
+        rows = self.sqlite_walk([self.probe(*index) for _, index in counted] + conditions + [newer], limit)
+        if len(rows) < limit:
+            rows += self.sqlite_walk(among + conditions + [older], limit - len(rows))
+        return rows
+
+    def words_match(self) -> str | None:
+        """The FTS5 expression for the word index: its terms, as quoted strings only."""
+        included = [_fts_phrase(t) for t in self.query.included if not t.unsegmented]
+        return " AND ".join(included) if included else None
+
+    def excluded_words(self) -> str | None:
+        excluded = [_fts_phrase(t) for t in self.query.excluded if not (t.unsegmented or t.literal)]
+        return " OR ".join(excluded) if excluded else None
+
+    def grams_match(self) -> str | None:
+        """The FTS5 expression for the trigram index: each included unsegmented term as
+        a substring; a term of one or two characters as the trigrams that start with it."""
+        parts = []
+        for term in self.query.included:
+            if not term.unsegmented:
+                continue
+            folded = " ".join(term.text.split()).lower()
+            if len(folded) >= 3:
+                parts.append(_fts_string(folded))
+                continue
+            starts = self.session.execute(
+                text(f"SELECT term FROM {self.source.grams_terms} WHERE term >= :low AND term < :high LIMIT :most"),
+                {"low": folded, "high": folded + "\U0010ffff", "most": SHORT_TERM_GRAMS + 1},
+            ).scalars().all()
+            if len(starts) > SHORT_TERM_GRAMS:
+                continue  # matched by reading the texts (`plain_conditions`)
+            parts.append("(" + " OR ".join(map(_fts_string, starts)) + ")" if starts else '""')
+        return " AND ".join(parts) if parts else None
+
+    def plain_conditions(self, capabilities: frozenset[str]) -> list[str]:
+        """What the FTS indexes cannot decide: literal strings exactly, exclusions of
+        literals and unsegmented text, and whatever has no index in this database."""
+        s, a = self.source, self.source.alias
+        conditions = []
+        for term in self.query.terms:
+            literal = " ".join(term.text.split())
+            indexed = (s.grams if term.unsegmented else s.words) in capabilities
+            short_unsegmented = term.unsegmented and len(literal) < 3
+            if term.exclude:
+                if term.literal or term.unsegmented or not indexed:
+                    conditions.append(f"instr(lower({a}.{s.column}), {self.bind(literal.translate(ASCII_LOWER))}) = 0")
+            elif (term.literal and not term.unsegmented) or not indexed or short_unsegmented:
+                # For an indexed short term this only rechecks what the trigram lookup
+                # found, or reads the texts when the term starts too many trigrams.
+                conditions.append(f"instr(lower({a}.{s.column}), {self.bind(literal.translate(ASCII_LOWER))}) > 0")
+        return conditions
+
+    def probe(self, table: str, expression: str) -> str:
+        """One row tested against an FTS index."""
+        return (
+            f"EXISTS (SELECT 1 FROM {table} f WHERE f.{table} MATCH {self.bind(expression)}"
+            f" AND f.rowid = {self.source.alias}.rowid)"
+        )
+
+    def among(self, table: str, expression: str) -> str:
+        """The row is in the set of an FTS index's matches (built once per query)."""
+        return f"{self.source.alias}.rowid IN (SELECT rowid FROM {table} WHERE {table} MATCH {self.bind(expression)})"
+
+    def count(self, table: str, expression: str) -> int:
+        """The FTS index's matches, counted up to MANY_MATCHES (all owners')."""
+        return int(
+            self.session.execute(
+                text(f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {table} MATCH :match LIMIT :most)"),
+                {"match": expression, "most": MANY_MATCHES},
+            ).scalar_one()
+        )
+
+    def sqlite_matches_first(self, driver: tuple[str, str], conditions: list[str], limit: int) -> list[Any]:
+        """Every FTS match, sorted by time, then the caller's first `limit`. (CROSS JOIN
+        keeps the FTS table outermost: SQLite would otherwise read the owner's index and
+        ask the FTS table about every conversation.)"""
+        s, a = self.source, self.source.alias
+        table, expression = driver
+        sql = f"""
+            WITH hits AS MATERIALIZED (
+                SELECT {a}.rowid AS hit, {a}.created_at AS at, {a}.id AS hit_id
+                FROM {table} f CROSS JOIN {s.table} {a} ON {a}.rowid = f.rowid
+                WHERE f.{table} MATCH {self.bind(expression)} AND {' AND '.join(conditions)}
+            )
+            SELECT {s.columns.format(row=a)} FROM hits JOIN {s.table} {a} ON {a}.rowid = hits.hit
+            WHERE {s.owner_check.format(row=a)}
+            ORDER BY hits.at DESC, hits.hit_id DESC
+            LIMIT {self.bind(limit)}
+        """
+        return self.rows(sql)
+
+    def sqlite_walk(self, conditions: list[str], limit: int) -> list[Any]:
+        """Newest first through the time index, until the page is full."""
+        s, a = self.source, self.source.alias
+        index = f" INDEXED BY {s.order_index}" if self.filters.conversation_id is None else ""
+        sql = f"""
+            SELECT {s.columns.format(row=a)} FROM {s.table} {a}{index}
+            WHERE {' AND '.join(conditions)} AND {s.owner_check.format(row=a)}
+            ORDER BY {a}.created_at DESC, {a}.id DESC
+            LIMIT {self.bind(limit)}
+        """
+        return self.rows(sql)
+
+
+def _postgresql(session: Session, searches: list[_Search], parameters: _Parameters, limit: int) -> list[Any]:
+    """Every part in one statement: PostgreSQL runs the parts of a UNION ALL in order and,
+    under the LIMIT, stops as soon as the page is full."""
+    # No sequential scans (the GIN index is always the way to old rows); no JIT and no
+    # parallel workers: plans that read an index to a LIMIT carry huge cost estimates,
+    # which switch on a compilation of 10 to 50 ms, or start workers (20 ms on a busy
+    # machine), for a query that then runs in one.
+    session.execute(
+        text(
+            "SELECT set_config('enable_seqscan', 'off', true), set_config('jit', 'off', true),"
+            " set_config('max_parallel_workers_per_gather', '0', true)"
+        )
+    )
+    parts = [part for search in searches for part in search.postgresql_parts(limit)]
+    union = " UNION ALL ".join(f"({part})" for part in parts)
+    sql = f"SELECT * FROM ({union}) AS hits LIMIT {parameters.bind(limit)}"
+    return list(session.execute(parameters.statement(sql).columns(**HIT_TYPES), parameters.values))
+
+
+def _fts_string(value: str) -> str:
+    """An FTS5 string: whatever it holds is text to match, never query syntax."""
+    return '"' + value.replace('"', '""') + '"'
+
+
+def _fts_phrase(term: Term) -> str:
+    return _fts_string(" ".join(term.words)) + ("*" if term.prefix else "")
+
+
+_CAPABILITIES: weakref.WeakKeyDictionary[Engine, frozenset[str]] = weakref.WeakKeyDictionary()
+
+
+def _sqlite_capabilities(session: Session) -> frozenset[str]:
+    """The FTS tables this SQLite database has (none without FTS5, no trigram ones before
+    SQLite 3.34); what has no index is matched by reading the texts."""
+    engine = session.get_bind().engine
+    if engine not in _CAPABILITIES:
+        names = session.execute(text("SELECT name FROM sqlite_master WHERE type = 'table'")).scalars()
+        _CAPABILITIES[engine] = frozenset(names)
+    return _CAPABILITIES[engine]
+
+
+# -- the index's language -------------------------------------------------------
+
+
+def indexed_language(session: Session) -> str:
+    """The text search configuration the index was built with."""
+    if session.get_bind().dialect.name == "postgresql":
+        return str(session.execute(text("SELECT search_language()::text")).scalar_one())
+    definition = session.execute(
+        text("SELECT sql FROM sqlite_master WHERE name = 'message_words'")
+    ).scalar_one_or_none()
+    return "english" if definition and "porter" in definition else "simple"
+
+
+def sqlite_tokenizer(language: str) -> str:
+    """FTS5's tokenizer for a language: it stems only English (porter)."""
+    return "porter unicode61 remove_diacritics 0" if language == "english" else "unicode61 remove_diacritics 0"
+
+
+def reindex(engine: Engine, language: str) -> None:
+    """Index every message and title again with `language`, a batch per transaction, while
+    the service keeps running (the triggers index new and changed rows meanwhile)."""
+    if engine.dialect.name == "postgresql":
+        _reindex_postgresql(engine, language)
+    else:
+        _reindex_sqlite(engine, language)
+    _CAPABILITIES.pop(engine, None)
+
+
+def _reindex_postgresql(engine: Engine, language: str) -> None:
+    with engine.begin() as connection:
+        known = connection.execute(text("SELECT 1 FROM pg_ts_config WHERE cfgname = :name"), {"name": language})
+        if known.first() is None:
+            names = connection.execute(text("SELECT cfgname FROM pg_ts_config ORDER BY 1")).scalars().all()
+            raise ValueError(f"PostgreSQL has no text search configuration {language!r}; it has: {', '.join(names)}")
+        connection.execute(
+            text(
+                "CREATE OR REPLACE FUNCTION search_language() RETURNS regconfig"
+                f" LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT '{language}'::regconfig $$"
+            )
+        )
+    for table, column, scope in (("messages", "content", f"role IN {DIALOGUE}"), ("conversations", "title", "true")):
+        last = None
+        while True:
+            with engine.begin() as connection:
+                after = "" if last is None else "WHERE id > :last"
+                bound = connection.execute(
+                    text(f"SELECT id FROM (SELECT id FROM {table} {after} ORDER BY id LIMIT :batch) AS b ORDER BY id DESC LIMIT 1"),
+                    {"last": last, "batch": BATCH},
+                ).scalar_one_or_none()
+                if bound is None:
+                    break
+                connection.execute(
+                    text(
+                        f"UPDATE {table} SET search_vector = search_document({column})"
+                        f" WHERE {scope} AND id <= :bound {'' if last is None else 'AND id > :last'}"
+                    ),
+                    {"bound": bound, "last": last},
+                )
+            last = bound
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text("ANALYZE messages"))
+        connection.execute(text("ANALYZE conversations"))
+
+
+def _reindex_sqlite(engine: Engine, language: str) -> None:
+    for table, column, words, scope in (
+        ("messages", "content", "message_words", f"role IN {DIALOGUE}"),
+        ("conversations", "title", "conversation_words", "1 = 1"),
+    ):
+        with engine.begin() as connection:  # the triggers find a table at every moment
+            connection.execute(text(f"DROP TABLE IF EXISTS {words}"))
+            connection.execute(
+                text(
+                    f"CREATE VIRTUAL TABLE {words} USING fts5({column}, content='{table}',"
+                    f" content_rowid='rowid', tokenize='{sqlite_tokenizer(language)}')"
+                )
+            )
+            last = connection.execute(text(f"SELECT coalesce(max(rowid), 0) FROM {table}")).scalar_one()
+        for low in range(0, last, BATCH):
+            with engine.begin() as connection:
+                connection.execute(
+                    text(
+                        f"INSERT INTO {words}(rowid, {column}) SELECT rowid, {column} FROM {table}"
+                        f" WHERE rowid > :low AND rowid <= :high AND {scope}"
+                    ),
+                    {"low": low, "high": low + BATCH},
+                )

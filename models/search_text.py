@@ -1,0 +1,99 @@
+"""How search sees text: words, and scripts written without spaces between words.
+
+The indexes (migration 0005) and the queries must cut text the same way:
+- a word is a run of letters and digits; everything else separates words (so
+  `foo_bar.baz()` holds the words `foo`, `bar`, `baz`);
+- Chinese, Japanese, Korean, Thai and the other scripts in `UNSEGMENTED` mark no word
+  boundaries, so there every character counts on its own: PostgreSQL indexes each as a
+  word (a search for `东京` is the phrase `东 京`), SQLite keeps such texts in a trigram
+  index as well.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+UNSEGMENTED: tuple[tuple[int, int], ...] = (
+    (0x0E00, 0x0EFF),  # Thai, Lao
+    (0x1000, 0x109F),  # Myanmar
+    (0x1100, 0x11FF),  # Hangul Jamo
+    (0x1780, 0x17FF),  # Khmer
+    (0x2E80, 0x9FFF),  # CJK radicals and symbols, kana, Bopomofo, Hangul Jamo, CJK ideographs
+    (0xA960, 0xA97F),  # Hangul Jamo extended A
+    (0xAC00, 0xD7FF),  # Hangul syllables, Jamo extended B
+    (0xF900, 0xFAFF),  # CJK compatibility ideographs
+    (0xFF66, 0xFFDC),  # half-width katakana and Hangul
+    (0x20000, 0x3134F),  # CJK ideographs, extensions B to G
+)
+"""Code point ranges (inclusive) whose characters are words of their own."""
+
+_STARTS = [low for low, _ in UNSEGMENTED]
+
+
+def is_unsegmented(char: str) -> bool:
+    code = ord(char)
+    index = bisect.bisect_right(_STARTS, code) - 1
+    return index >= 0 and code <= UNSEGMENTED[index][1]
+
+
+def _class(ranges: tuple[tuple[int, int], ...]) -> str:
+    return "".join(f"{re.escape(chr(low))}-{re.escape(chr(high))}" for low, high in ranges)
+
+
+LETTER = rf"(?:(?![{_class(UNSEGMENTED)}])[^\W_])"
+"""A letter or digit that is not of an unsegmented script (regular expression)."""
+_WORD = re.compile(rf"(?=[^\W_])[{_class(UNSEGMENTED)}]|{LETTER}+")
+"""A letter or digit of an unsegmented script alone, or a run of other letters and digits."""
+
+
+def word_spans(text: str) -> Iterator[tuple[int, int]]:
+    """(start, end) of each word of `text`, in order."""
+    for found in _WORD.finditer(text):
+        yield found.span()
+
+
+def words(text: str) -> tuple[str, ...]:
+    """The words of `text`, lower-cased."""
+    return tuple(text[start:end].lower() for start, end in word_spans(text))
+
+
+@dataclass(frozen=True)
+class Term:
+    """One thing a search asks for: a word, a phrase, or a literal string such as `foo_bar.baz()`.
+
+    `text` is what was typed (without quotes, a leading `-` or a trailing `*`); `words` are
+    its words, which must follow one another. A literal term (one with characters other
+    than letters, digits and spaces) must also appear exactly as typed, ignoring case.
+    """
+
+    text: str
+    words: tuple[str, ...]
+    exclude: bool = False
+    prefix: bool = False
+    """The last word may be the start of a longer one."""
+
+    @property
+    def literal(self) -> bool:
+        return any(not (char.isalnum() or char.isspace()) for char in self.text)
+
+    @property
+    def unsegmented(self) -> bool:
+        return any(is_unsegmented(char) for char in self.text)
+
+
+@dataclass(frozen=True)
+class Query:
+    """Every term must match, and none of the excluded ones."""
+
+    terms: tuple[Term, ...]
+
+    @property
+    def included(self) -> tuple[Term, ...]:
+        return tuple(term for term in self.terms if not term.exclude)
+
+    @property
+    def excluded(self) -> tuple[Term, ...]:
+        return tuple(term for term in self.terms if term.exclude)

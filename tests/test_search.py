@@ -1,0 +1,450 @@
+"""POST /api/chat/search on both databases: the query language, scripts without spaces, code,
+titles, isolation between keys, deletion, paging, hostile queries, and the migration."""
+
+from __future__ import annotations
+
+import importlib
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
+
+import models.search
+from models.db import Database
+from models.entities import Conversation, Message
+from models.search import BATCH, indexed_language, reindex
+from models.search_text import UNSEGMENTED, Term
+from services.api_keys import ApiKeys
+from services.unit_of_work import UnitOfWork
+from services.search import SearchRequest, SearchService
+from services.search_query import parse
+from services.snippets import snippet
+from services.transfer import ConversationTransfer, read_export
+from tests.conftest import POSTGRES_URL
+from fakes.openai_upstream import FakeOpenAI, Reply
+from tests.helpers import ask, error_of, ok, post
+
+EXPORT = Path(__file__).parent / "data" / "chatgpt_export.json"
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, object]:
+    return {"auth_cache_seconds": 0}  # a key made in a test counts at once
+
+
+def search(client: FlaskClient, query: str, headers: dict[str, str] | None = None, **fields: Any) -> list[dict]:
+    response = client.post("/api/chat/search", json={"query": query, **fields}, headers=headers or {})
+    return ok(response)
+
+
+def snippets(client: FlaskClient, query: str, **fields: Any) -> list[str]:
+    return [hit["snippet"] for hit in search(client, query, **fields)]
+
+
+def store(app: Flask, *texts: str, owner: str = "", title: str = "New chat", at: datetime | None = None) -> uuid.UUID:
+    """A conversation of user messages with `texts`, written directly (all at time `at` if given)."""
+    moment = at or datetime.now(UTC)
+    conversation_id, parent = uuid.uuid4(), uuid.uuid4()
+    with UnitOfWork(app.services.database) as uow:
+        uow.session.add(Conversation(id=conversation_id, owner=owner, title=title, created_at=moment, updated_at=moment))
+        uow.session.add(Message(id=parent, conversation_id=conversation_id, created_at=moment))
+        for index, body in enumerate(texts):
+            message = Message(
+                id=uuid.uuid4(), conversation_id=conversation_id, parent_id=parent, role="user",
+                content=body, created_at=at or moment + timedelta(milliseconds=index),
+            )
+            uow.session.add(message)
+            parent = message.id
+        uow.commit()
+    return conversation_id
+
+
+# -- the query language ------------------------------------------------------------
+
+
+def test_every_word_must_match(app: Flask, client: FlaskClient) -> None:
+    store(app, "the quick brown fox", "a quick reply", "brown bread")
+    assert snippets(client, "quick brown") == ["the **quick** **brown** fox"]
+    assert snippets(client, "QUICK") == ["a **quick** reply", "the **quick** brown fox"]
+    assert snippets(client, "quick purple") == []
+
+
+def test_a_quoted_phrase_needs_its_words_in_order(app: Flask, client: FlaskClient) -> None:
+    store(app, "the quick brown fox", "brown, quick and fast", "quick - brown!")
+    assert snippets(client, '"quick brown"') == ["**quick - brown**!", "the **quick brown** fox"]
+    assert snippets(client, '"fox brown"') == []
+    assert snippets(client, '"brown quick"') == ["**brown, quick** and fast"]  # punctuation between is fine
+    assert snippets(client, '"quick brown') == ["**quick - brown**!", "the **quick brown** fox"]  # unclosed
+
+
+def test_excluded_words_leave_messages_out(app: Flask, client: FlaskClient) -> None:
+    store(app, "python and rust", "python and go", "rust alone")
+    assert snippets(client, "python -rust") == ["**python** and go"]
+    assert snippets(client, 'python -"and go"') == ["**python** and rust"]
+    assert snippets(client, "-python") == []  # exclusions alone narrow nothing down
+    assert snippets(client, "python -") == ["**python** and go", "**python** and rust"]
+
+
+def test_a_star_matches_the_start_of_a_word(app: Flask, client: FlaskClient) -> None:
+    store(app, "configuration files", "configure it", "reconfigure")
+    assert snippets(client, "config*") == ["**configure** it", "**configuration** files"]
+    assert snippets(client, "config") == []
+    assert snippets(client, '"configure it"*') == ["**configure it**"]
+
+
+def test_chinese_japanese_korean_and_thai_match_inside_text(app: Flask, client: FlaskClient) -> None:
+    store(app, "我明天去东京旅游，想看看东京塔。", "東京タワーに行きました", "서울에서 만나요", "ผมชอบกินข้าว")
+    assert snippets(client, "东京") == ["我明天去**东京**旅游，想看看**东京**塔。"]
+    assert snippets(client, "东京塔") == ["我明天去东京旅游，想看看**东京塔**。"]
+    assert snippets(client, "塔") == ["我明天去东京旅游，想看看东京**塔**。"]
+    assert snippets(client, "タワー") == ["東京**タワー**に行きました"]
+    assert snippets(client, "東京") == ["**東京**タワーに行きました"]
+    assert snippets(client, "서울") == ["**서울**에서 만나요"]
+    assert snippets(client, "กินข้าว") == ["ผมชอบ**กินข้าว**"]
+    assert snippets(client, "东京 -塔") == []
+    assert snippets(client, "京都") == []
+
+
+def test_code_and_urls_are_found_as_typed(app: Flask, client: FlaskClient) -> None:
+    store(app, "call foo_bar.baz() at https://example.com/docs?x=1", "foo bar baz, spaced out", "C++ and C#")
+    assert snippets(client, "foo_bar.baz()") == ["call **foo_bar.baz()** at https://example.com/docs?x=1"]
+    assert snippets(client, "bar.baz") == ["call foo_**bar.baz**() at https://example.com/docs?x=1"]
+    assert snippets(client, "example.com/docs") == ["call foo_bar.baz() at https://**example.com/docs**?x=1"]
+    assert len(search(client, "https://example.com/docs?x=1")) == 1
+    assert snippets(client, "foo.bar") == []  # exact: the dot must be there
+    assert len(search(client, "baz")) == 2  # a word inside code is a word
+    assert snippets(client, "C#") == ["C++ and **C#**"]
+    assert snippets(client, "-foo_bar.baz() foo") == ["**foo** bar baz, spaced out"]
+
+
+def test_a_matching_title_is_a_hit_before_the_messages(app: Flask, client: FlaskClient) -> None:
+    conversation_id = store(app, "how do I write a helm chart for kubernetes?", title="Kubernetes notes")
+    store(app, "kubernetes again, later", at=datetime.now(UTC) + timedelta(seconds=5))
+    hits = search(client, "kubernetes")
+    assert [hit["message_id"] is None for hit in hits] == [True, False, False]
+    title = hits[0]
+    assert title["conversation_id"] == str(conversation_id) and title["role"] is None
+    assert title["snippet"] == "**Kubernetes** notes" and title["title"] == "Kubernetes notes"
+    assert [hit["snippet"] for hit in hits[1:]] == [
+        "**kubernetes** again, later", "how do I write a helm chart for **kubernetes**?"
+    ]
+    assert search(client, "kubernetes", role="user")[0]["message_id"] is not None  # a title has no role
+    ok(post(client, "change/title", {"convo_id": str(conversation_id), "title": "Containers"}))
+    assert [hit["message_id"] is None for hit in search(client, "kubernetes")] == [False, False]
+
+
+def test_hits_have_the_contract_shape(app: Flask, client: FlaskClient, fake_upstream: FakeOpenAI) -> None:
+    fake_upstream.script(Reply(text="Paris is the capital."))
+    answer = ask(client, "What is the capital of France?")
+    user, assistant = search(client, "capital")[::-1]
+    assert list(assistant) == ["conversation_id", "title", "message_id", "role", "snippet", "create_time", "cursor"]
+    assert assistant["message_id"] == answer["parent_id"] and assistant["role"] == "assistant"
+    assert user["role"] == "user" and user["conversation_id"] == answer["conversation_id"]
+    assert assistant["title"] == "New chat"
+    assert abs(assistant["create_time"] - datetime.now(UTC).timestamp()) < 60
+    assert isinstance(assistant["cursor"], str) and assistant["cursor"]
+
+
+def test_a_streamed_answer_is_found_by_its_final_text(client: FlaskClient, fake_upstream: FakeOpenAI) -> None:
+    fake_upstream.script(Reply(text="first part, then zanzibar at the end", chunks=["first part, ", "then zanzibar at the end"]))
+    response = post(client, "ask", {"prompt": "stream please", "stream": True})
+    response.get_data()  # the whole stream
+    assert snippets(client, "zanzibar") == ["first part, then **zanzibar** at the end"]
+
+
+def test_imported_conversations_are_searched(app: Flask, client: FlaskClient) -> None:
+    ConversationTransfer(app.services.database).import_conversations(read_export(EXPORT.open("rb")))
+    assert "capital of **France**" in " ".join(snippets(client, "france"))
+    assert any("**长城**" in found for found in snippets(client, "长城"))
+    assert search(client, "parabola")[0]["message_id"] is None  # its title
+
+
+# -- whose, and what is gone -----------------------------------------------------
+
+
+def test_each_key_finds_only_its_own_conversations(app: Flask, client: FlaskClient) -> None:
+    keys = ApiKeys(app.services.database)
+    alice = {"Authorization": f"Bearer {keys.create('alice').key}"}
+    bob = {"Authorization": f"Bearer {keys.create('bob').key}"}
+    mine = store(app, "the secret recipe", owner="alice", title="secret")
+    store(app, "bob's own secret", owner="bob")
+    assert [hit["conversation_id"] for hit in search(client, "secret", alice)] == [str(mine)] * 2
+    assert [hit["snippet"] for hit in search(client, "secret", bob)] == ["bob's own **secret**"]
+    refused = client.post("/api/chat/search", json={"query": "secret", "convo_id": str(mine)}, headers=bob)
+    assert error_of(refused, 404)["code"] == "conversation_not_found"
+
+
+def test_deleted_and_cleared_conversations_never_show_up(app: Flask, client: FlaskClient) -> None:
+    first = store(app, "ephemeral words", title="ephemeral")
+    store(app, "ephemeral too")
+    assert len(search(client, "ephemeral")) == 3
+    ok(post(client, "delete/conversation", {"convo_id": str(first)}))
+    assert snippets(client, "ephemeral") == ["**ephemeral** too"]
+    ok(post(client, "clear/conversations", {}))
+    assert search(client, "ephemeral") == []
+    store(app, "ephemeral again")  # the indexes took the deletions: new rows are found alone
+    assert snippets(client, "ephemeral") == ["**ephemeral** again"]
+
+
+# -- narrowing and paging ----------------------------------------------------------
+
+
+def test_convo_id_and_role_narrow_the_search(client: FlaskClient, fake_upstream: FakeOpenAI) -> None:
+    fake_upstream.script(Reply(text="an answer about tomatoes"), Reply(text="tomatoes again"))
+    first = ask(client, "tell me about tomatoes")
+    second = ask(client, "tomatoes?")
+    assert len(search(client, "tomatoes")) == 4
+    assert [hit["role"] for hit in search(client, "tomatoes", role="assistant")] == ["assistant"] * 2
+    in_first = search(client, "tomatoes", convo_id=first["conversation_id"])
+    assert {hit["conversation_id"] for hit in in_first} == {first["conversation_id"]} and len(in_first) == 2
+    assert len(search(client, "tomatoes", conversation_id=second["conversation_id"], role="user")) == 1
+
+
+def test_pages_follow_each_other_without_repeats_or_gaps(app: Flask, client: FlaskClient) -> None:
+    same_moment = datetime(2025, 1, 1, tzinfo=UTC)  # ties are broken by id
+    for index in range(4):
+        store(app, *[f"paging note {index}.{n}" for n in range(5)], title=f"paging {index}", at=same_moment)
+    store(app, *[f"paging later {n}" for n in range(3)])
+    everything = search(client, "paging", limit=100)
+    assert len(everything) == 4 + 4 * 5 + 3
+    assert [hit["message_id"] is None for hit in everything] == [True] * 4 + [False] * 23
+    pages, after = [], None
+    while True:
+        page = search(client, "paging", limit=6, **({"after": after} if after else {}))
+        if not page:
+            break
+        pages.append(page)
+        after = page[-1]["cursor"]
+    assert [len(page) for page in pages] == [6, 6, 6, 6, 3]
+    assert [hit["cursor"] for page in pages for hit in page] == [hit["cursor"] for hit in everything]
+
+
+STRATEGIES = [  # (rows tested one by one first, few matches, many matches)
+    ({"postgresql": 3, "sqlite": 3}, 500, 40_000),  # newest rows first, then the index
+    ({"postgresql": 3, "sqlite": 3}, 0, 4),  # SQLite: one by one, then the set of matches
+    ({"postgresql": 3, "sqlite": 3}, 0, 1_000),  # SQLite: the set of matches
+    ({"postgresql": 1_000, "sqlite": 200}, 1_000, 40_000),  # SQLite: matches sorted by time
+]
+
+
+@pytest.mark.parametrize(("recent", "few", "many"), STRATEGIES)
+def test_every_way_to_a_page_gives_the_same_pages(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch, recent: dict, few: int, many: int
+) -> None:
+    """Each plan the queries choose between by size, forced at a small size: the same hits,
+    in the same order, page after page."""
+    moment = datetime(2025, 6, 1, tzinfo=UTC)
+    for index in range(12):
+        words = ["often"] + (["sometimes"] if index % 3 == 0 else []) + (["东京"] if index % 2 else [])
+        store(app, *[" ".join(words + [f"n{index}x{n}"]) for n in range(3)], title=f"often {index}",
+              at=moment + timedelta(seconds=index // 4))  # ties in time as well
+    queries = ["often", "sometimes", "often -sometimes", "often 东京", "东京 -sometimes", "oft*"]
+    expected = {query: search(client, query, limit=100) for query in queries}
+    monkeypatch.setattr(models.search, "RECENT", recent)
+    monkeypatch.setattr(models.search, "FEW_MATCHES", few)
+    monkeypatch.setattr(models.search, "MANY_MATCHES", many)
+    for query in queries:
+        hits, after = [], None
+        while True:
+            page = search(client, query, limit=5, **({"after": after} if after else {}))
+            if not page:
+                break
+            hits += page
+            after = page[-1]["cursor"]
+        assert hits == expected[query], query
+    assert len(expected["often"]) == 12 + 36 and len(expected["often 东京"]) == 18
+
+
+def test_a_page_may_start_after_any_hit(app: Flask, client: FlaskClient) -> None:
+    store(app, *[f"cursor word {n}" for n in range(6)], title="cursor title")
+    everything = search(client, "cursor")
+    for index, hit in enumerate(everything):
+        assert search(client, "cursor", after=hit["cursor"]) == everything[index + 1 :]
+
+
+# -- bad input and hostile queries -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "query"),
+        ({"query": ""}, "query"),
+        ({"query": "   "}, "query"),
+        ({"query": 42}, "query"),
+        ({"query": "x" * 1001}, "query"),
+        ({"query": "x\x00"}, "query"),
+        ({"query": "x", "limit": 0}, "limit"),
+        ({"query": "x", "limit": 101}, "limit"),
+        ({"query": "x", "limit": "20"}, "limit"),
+        ({"query": "x", "limit": 2.5}, "limit"),
+        ({"query": "x", "role": "system"}, "role"),
+        ({"query": "x", "after": ""}, "after"),
+        ({"query": "x", "after": "not-a-cursor"}, "after"),
+        ({"query": "x", "after": "WzksMSwieCJd"}, "after"),  # [9,1,"x"]
+        ({"query": "x", "convo_id": "nope"}, "convo_id"),
+    ],
+)
+def test_bad_fields_are_a_400_naming_them(client: FlaskClient, body: dict, field: str) -> None:
+    error = error_of(post(client, "search", body), 400)
+    assert error["message"].startswith(f"{field}:"), error
+
+
+def test_limits_at_the_bounds_are_accepted(app: Flask, client: FlaskClient) -> None:
+    store(app, *["bounded"] * 3)
+    assert len(search(client, "bounded", limit=1)) == 1
+    assert len(search(client, "bounded", limit=100)) == 3
+    unknown = post(client, "search", {"query": "x", "convo_id": str(uuid.uuid4())})
+    assert error_of(unknown, 404)["code"] == "conversation_not_found"
+
+
+HOSTILE = [
+    "'; DROP TABLE messages; --", '"; DELETE FROM conversations; --', "a' OR '1'='1", "%", "_", "\\", "\\'",
+    "' & ! | ( ) : * <-> ", "!!!", "(((", "a:*", "NEAR(a b)", "a AND OR NOT b", "^a", "{col}: x", "*", "**",
+    '"', '""', '"""', "-", "--", "- -", "-\"\"", "a*b*c", "x:y", "\u200b", "🚀🚀", "ǅ", "İstanbul", "ß",
+    "a" * 1000, "東" * 300, " ".join(["w"] * 40),
+]
+TEXT = st.lists(
+    st.sampled_from(list("ab -\"*'\\%_:&|!()<>^@.東京タ서ยé😀\t") + ["NOT", "OR", "AND", "NEAR", "beta", "foo_bar"]),
+    max_size=20,
+).map("".join) | st.text(max_size=40).filter(lambda value: "\x00" not in value)
+
+
+def test_hostile_queries_are_taken_literally(app: Flask, client: FlaskClient) -> None:
+    store(app, "a' OR '1'='1 is an old trick", "plain text 東京")
+    for query in HOSTILE:
+        response = post(client, "search", {"query": query})
+        if query.strip():
+            ok(response)
+    assert snippets(client, "a' OR '1'='1") == ["**a'** **OR** **'1'='1** is an old trick"]
+    assert snippets(client, "\"a' OR '1'='1\"") == ["**a' OR '1'='1** is an old trick"]
+    with UnitOfWork(app.services.database) as uow:
+        assert uow.session.scalar(select(func.count()).select_from(Message)) == 3  # the root and two
+
+
+def test_any_query_is_answered_and_finds_only_what_it_says(app: Flask) -> None:
+    """Fuzzing the parser and both query builders: no error, only the caller's messages,
+    in order, and a message holding a query's words in order is found by them."""
+    service = app.services.search
+    mine = store(app, "alpha beta gamma 東京タワー foo_bar.baz() x'y", owner="me", title="alpha 東京")
+    store(app, "alpha beta gamma 東京タワー foo_bar.baz() x'y", owner="someone else", title="alpha 東京")
+
+    @settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(query=TEXT)
+    def run(query: str) -> None:
+        hits = service.search("me", SearchRequest(query=query, limit=100))
+        assert {hit.conversation_id for hit in hits} <= {mine}
+        titles = [hit for hit in hits if hit.message_id is None]
+        assert hits[: len(titles)] == titles  # titles first
+        messages = [(hit.created_at, hit.message_id) for hit in hits[len(titles) :]]
+        assert messages == sorted(messages, reverse=True)
+
+    run()
+    for query in ["alpha", "beta gamma", '"alpha beta"', "gam*", "東京", "タワー", "foo_bar.baz()", "x'y", "-zeta beta"]:
+        assert [hit.message_id is None for hit in service.search("me", SearchRequest(query=query))] in (
+            [False], [True, False]
+        ), query
+
+
+def test_the_parser_reads_the_language() -> None:
+    query = parse('deploy "blue green" -staging foo_bar.baz() conf* -"old way" 东京 => ""')
+    assert [(t.text, t.exclude, t.prefix, t.literal, t.unsegmented) for t in query.terms] == [
+        ("deploy", False, False, False, False),
+        ("blue green", False, False, False, False),
+        ("staging", True, False, False, False),
+        ("foo_bar.baz()", False, False, True, False),
+        ("conf", False, True, False, False),
+        ("old way", True, False, False, False),
+        ("东京", False, False, False, True),
+    ]
+    assert query.terms[3].words == ("foo", "bar", "baz") and query.terms[6].words == ("东", "京")
+    assert len(parse(" ".join(["w"] * 40)).terms) == 32
+
+
+def test_snippets_mark_matches_and_cut_long_text() -> None:
+    long = " ".join(f"word{n}" for n in range(100)) + " needle " + " ".join(f"tail{n}" for n in range(100))
+    cut = snippet(long, parse("needle").terms)
+    assert cut.startswith("…") and cut.endswith("…") and "**needle**" in cut
+    assert len(cut) <= 200 + 2 + 4
+    assert snippet("a  b\n\nneedle", [Term("needle", ("needle",))]) == "a b **needle**"
+    assert snippet("nothing here", parse("absent").terms) == "nothing here"
+
+
+# -- the index: language, migration ----------------------------------------------
+
+
+def test_search_language_english_finds_other_forms_of_a_word(app: Flask, client: FlaskClient) -> None:
+    store(app, "she runs every morning")
+    database: Database = app.services.database
+    assert snippets(client, "running") == []
+    try:
+        reindex(database.engine, "english")
+        with UnitOfWork(database) as uow:
+            assert indexed_language(uow.session) == "english"
+        assert len(search(client, "running")) == 1
+    finally:
+        reindex(database.engine, "simple")
+    assert snippets(client, "running") == []
+
+
+def test_the_migration_indexes_messages_written_before_it(database_url: str, tmp_path: Path) -> None:
+    """Rows written at revision 0004 are found once 0005 has run, over several batches."""
+    if database_url.startswith("sqlite"):
+        url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    else:
+        name = f"gpt_api_test_{uuid.uuid4().hex[:10]}"
+        url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+        admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        Database(url).migrate("0004")
+        old = create_engine(url)
+        conversation_id, at = uuid.uuid4(), datetime(2024, 1, 1)
+        rows = [
+            {"id": uuid.uuid4().hex, "role": ["user", "assistant", "system"][n % 3], "content": f"backfilled {n} 東京",
+             "at": at + timedelta(seconds=n)}
+            for n in range(BATCH + 2)  # more than one batch
+        ]
+        with old.begin() as connection:
+            connection.execute(
+                text("INSERT INTO conversations (id, owner, title, created_at, updated_at) VALUES (:id, '', 'Backfilled', :at, :at)"),
+                {"id": conversation_id.hex, "at": at},
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO messages (id, conversation_id, role, content, status, created_at)"
+                    f" VALUES (:id, '{conversation_id.hex}', :role, :content, 'finished_successfully', :at)"
+                ),
+                rows,
+            )
+        old.dispose()
+        database = Database(url)
+        database.migrate()
+        service = SearchService(database)
+        found = service.search("", SearchRequest(query="backfilled", limit=100))
+        assert found[0].message_id is None and found[0].title == "Backfilled"
+        assert found[1].snippet == f"**backfilled** {BATCH + 1} 東京"  # the newest, from the last batch
+        assert {hit.role for hit in found[1:]} == {"user", "assistant"}  # never a system prompt
+        first = service.search("", SearchRequest(query='"backfilled 1"'))
+        assert [hit.snippet for hit in first] == ["**backfilled 1** 東京"]  # from the first batch
+        assert len(service.search("", SearchRequest(query="東京", limit=100))) == 100
+        database.dispose()
+    finally:
+        if not database_url.startswith("sqlite"):
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
+
+
+def test_the_migration_knows_the_same_unsegmented_scripts() -> None:
+    migration = importlib.import_module("migrations.versions.0005_search")
+    assert migration.UNSEGMENTED == UNSEGMENTED
