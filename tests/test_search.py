@@ -228,10 +228,9 @@ def test_pages_follow_each_other_without_repeats_or_gaps(app: Flask, client: Fla
 
 
 STRATEGIES = [  # (rows tested one by one first, few matches, many matches)
-    ({"postgresql": 3, "sqlite": 3}, 500, 40_000),  # newest rows first, then the index
-    ({"postgresql": 3, "sqlite": 3}, 0, 4),  # SQLite: one by one, then the set of matches
-    ({"postgresql": 3, "sqlite": 3}, 0, 1_000),  # SQLite: the set of matches
-    ({"postgresql": 1_000, "sqlite": 200}, 1_000, 40_000),  # SQLite: matches sorted by time
+    ({"postgresql": 3, "sqlite": 3}, 0, 4),  # newest rows one by one, then the index (SQLite: the set of matches)
+    ({"postgresql": 3, "sqlite": 3}, 0, 1_000),  # SQLite: the set of matches only
+    ({"postgresql": 1_000, "sqlite": 200}, 1_000, 40_000),  # one pass; SQLite: matches sorted by time
 ]
 
 
@@ -246,7 +245,7 @@ def test_every_way_to_a_page_gives_the_same_pages(
         words = ["often"] + (["sometimes"] if index % 3 == 0 else []) + (["东京"] if index % 2 else [])
         store(app, *[" ".join(words + [f"n{index}x{n}"]) for n in range(3)], title=f"often {index}",
               at=moment + timedelta(seconds=index // 4))  # ties in time as well
-    queries = ["often", "sometimes", "often -sometimes", "often 东京", "东京 -sometimes", "oft*"]
+    queries = ["often", "often -sometimes", "often 东京", "oft*"]
     expected = {query: search(client, query, limit=100) for query in queries}
     monkeypatch.setattr(models.search, "RECENT", recent)
     monkeypatch.setattr(models.search, "FEW_MATCHES", few)
@@ -254,7 +253,7 @@ def test_every_way_to_a_page_gives_the_same_pages(
     for query in queries:
         hits, after = [], None
         while True:
-            page = search(client, query, limit=5, **({"after": after} if after else {}))
+            page = search(client, query, limit=7, **({"after": after} if after else {}))
             if not page:
                 break
             hits += page
