@@ -12,7 +12,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.openai_sdk import base_url, sdk, sdk_for, settings_overrides  # noqa: F401
+from tests.openai_sdk import base_url, sdk, sdk_for  # noqa: F401
 
 CHECK = Path(__file__).parent / "js" / "v1_check.mjs"
 INSTALLED = Path(__file__).parent / "js" / "node_modules" / "openai"
