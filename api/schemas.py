@@ -28,7 +28,7 @@ from typing_extensions import TypedDict
 from services.asking import Answer
 from services.chatgpt_format import ConversationDocument
 from services.conversations import ConversationSummary
-from services.search import SearchHit
+from services.search import CURSOR_PATTERN, SearchHit
 
 MAX_OFFSET = 1_000_000_000
 """Far past any real list, and far inside every database's integer range."""
@@ -168,7 +168,7 @@ class SearchBody(ConversationRef):
 
     query: Annotated[NonBlank, Field(max_length=1000)]
     limit: Annotated[int, Field(strict=True, ge=1, le=100), WHOLE_NUMBER] = 20
-    after: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
+    after: Annotated[StrictStr, Field(pattern=CURSOR_PATTERN)] | None = Field(
         default=None, description="The `cursor` of the last hit of the previous page."
     )
     role: Literal["user", "assistant"] | None = None
