@@ -194,6 +194,8 @@ async def run_streams(
                 if sample is not None and not samples and tally.open >= count // 2:
                     samples.append(Sample(tally.open, sample()))
                 await asyncio.sleep(0.01)
+            if sample is not None and not samples:  # the streams opened faster than we looked
+                samples.append(Sample(tally.open, sample()))
             await asyncio.sleep(settle)
             samples.append(Sample(tally.open, sample() if sample is not None else None))
         outcomes = await asyncio.wait_for(asyncio.gather(*tasks), timeout=timeout + count / rate)

@@ -34,7 +34,7 @@ def test_event_data_joins_data_lines_and_ignores_comments() -> None:
 def test_stream_client_times_first_events_and_sees_every_stream_end() -> None:
     samples: list[int] = []
     with FakeOpenAI(record=False) as fake:
-        fake.default = lambda body: Reply(text="one two three four", chunks=["one ", "two ", "three four"], chunk_delay=0.05)
+        fake.default = lambda body: Reply(text="one two three four", chunks=["one ", "two ", "three four"], chunk_delay=0.3)
         run = asyncio.run(
             run_streams(
                 f"{fake.url}/chat/completions",
