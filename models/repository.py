@@ -36,6 +36,8 @@ from models.statuses import IN_PROGRESS, INTERRUPTED
 MESSAGE_COLUMNS = tuple(Message.__table__.columns)
 SUMMARY_COLUMNS = (Conversation.id, Conversation.title, Conversation.created_at, Conversation.updated_at)
 _IN_PROGRESS = literal(IN_PROGRESS, literal_execute=True)
+_BATCH = 500
+"""Rows per statement where one statement names many (bound parameters stay well within limits)."""
 """Written into the statement, so both databases use the partial index on answers in progress."""
 
 
@@ -165,20 +167,22 @@ class ConversationRepository:
 
     # -- answers being written -----------------------------------------------
 
-    def save_progress(self, message_id: uuid.UUID, content: str, lease_expires_at: datetime) -> None:
-        """The text so far of an answer being written, and its renewed lease (once the answer
-        is no longer in progress, its final save has the last word)."""
-        self.session.execute(
-            update(Message)
-            .where(Message.id == message_id, Message.status == _IN_PROGRESS)
-            .values(content=content, lease_expires_at=lease_expires_at)
-        )
-
-    def renew_leases(self, message_ids: Sequence[uuid.UUID], lease_expires_at: datetime) -> None:
-        for start in range(0, len(message_ids), 500):
+    def save_progress(self, texts: Sequence[tuple[uuid.UUID, str]], lease_expires_at: datetime) -> None:
+        """The text so far of answers being written, and their renewed leases, one statement per
+        `_BATCH` answers (once an answer is no longer in progress, its final save has the last word)."""
+        for start in range(0, len(texts), _BATCH):
+            batch = dict(texts[start : start + _BATCH])
             self.session.execute(
                 update(Message)
-                .where(Message.id.in_(message_ids[start : start + 500]), Message.status == _IN_PROGRESS)
+                .where(Message.id.in_(batch), Message.status == _IN_PROGRESS)
+                .values(content=case(batch, value=Message.id), lease_expires_at=lease_expires_at)
+            )
+
+    def renew_leases(self, message_ids: Sequence[uuid.UUID], lease_expires_at: datetime) -> None:
+        for start in range(0, len(message_ids), _BATCH):
+            self.session.execute(
+                update(Message)
+                .where(Message.id.in_(message_ids[start : start + _BATCH]), Message.status == _IN_PROGRESS)
                 .values(lease_expires_at=lease_expires_at)
             )
 
@@ -196,10 +200,10 @@ class ConversationRepository:
                 .where(Message.status == _IN_PROGRESS, Message.lease_expires_at < expired_before)
                 .values(interrupted)
             ).rowcount  # type: ignore[attr-defined]
-        for start in range(0, len(message_ids), 500):
+        for start in range(0, len(message_ids), _BATCH):
             count += self.session.execute(
                 update(Message)
-                .where(Message.id.in_(message_ids[start : start + 500]), Message.status == _IN_PROGRESS)
+                .where(Message.id.in_(message_ids[start : start + _BATCH]), Message.status == _IN_PROGRESS)
                 .values(interrupted)
             ).rowcount  # type: ignore[attr-defined]
         return count

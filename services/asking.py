@@ -37,16 +37,6 @@ from services.unit_of_work import UnitOfWork
 
 
 @dataclass(frozen=True)
-class SavingPace:
-    """While an answer streams, its text so far is saved again once `seconds` have passed since
-    the last save, or `chars` more have come: a crash loses at most that much, and a fast
-    stream costs a write per `chars`, not one per chunk."""
-
-    seconds: float = 0.5
-    chars: int = 8192
-
-
-@dataclass(frozen=True)
 class Said:
     """A message as the caller wrote it (one of a response's input items), with the id it gets."""
 
@@ -158,24 +148,6 @@ def _naming_the_conversation(conversation_id: uuid.UUID) -> Iterator[None]:
         raise
 
 
-@dataclass
-class _Saved:
-    """How much of a streaming answer's text is saved, and when it was."""
-
-    pace: SavingPace
-    chars: int = 0
-    at: float = 0.0
-
-    def due(self, text: str) -> bool:
-        if not self.chars:
-            return True
-        grown = len(text) - self.chars
-        return grown >= self.pace.chars or (grown > 0 and time.monotonic() - self.at >= self.pace.seconds)
-
-    def mark(self, text: str) -> None:
-        self.chars, self.at = len(text), time.monotonic()
-
-
 def _context(path: Sequence[Any]) -> list[ChatMessage]:
     """What the upstream sees: the dialogue's messages with text, root and empty nodes left out.
 
@@ -224,14 +196,12 @@ class AskService:
         system_prompt: str = "",
         max_prompt_chars: int | None = None,
         leases: AnswerLeases | None = None,
-        pace: SavingPace = SavingPace(),
         context: ContextFitter | None = None,
     ) -> None:
         self._db = db
         self._context = context
         """Fits each request into its model's window (None: the whole path is sent)."""
         self.leases = leases or AnswerLeases(db)
-        self._pace = pace
         self._provider = provider
         self._metrics = metrics
         self._titles = titles
@@ -252,7 +222,7 @@ class AskService:
 
         With `write_early` the answer's row is written as soon as the first text
         arrives (marked in progress, under this process's lease), its text saved again as
-        it grows (at the `SavingPace`), and finished at the end.
+        it grows (by `AnswerLeases`, every `save_every` seconds), and finished at the end.
         Closing the iterator early cancels the upstream call and keeps the text so far,
         marked interrupted.
         """
@@ -364,7 +334,6 @@ class AskService:
     ) -> Iterator[AnswerEvent]:
         chunks = provider.stream_reply(turn.request)
         finished = False
-        saved = _Saved(self._pace)
         try:
             waited_since = time.perf_counter()
             for chunk in map(_storable, chunks):
@@ -373,9 +342,8 @@ class AskService:
                     first_token = self._metrics.upstream_first_token_seconds
                     first_token.labels(provider.name).observe(answer.upstream_seconds)
                 answer.add(chunk)
-                if write_early and answer.text and saved.due(answer.text):
+                if write_early and answer.text:
                     self._save_progress(turn, answer)
-                    saved.mark(answer.text)
                 if chunk.delta:
                     yield AnswerEvent(replace(answer), chunk.delta)
                 waited_since = time.perf_counter()
@@ -404,14 +372,12 @@ class AskService:
 
     def _save_progress(self, turn: Turn, answer: Answer) -> None:
         """The first text makes the answer's row (in progress, under this process's lease);
-        later saves rewrite its text and renew the lease in one statement."""
-        if not answer.stored:
+        later text is saved with the leases' next round."""
+        if answer.stored:
+            self.leases.note(answer.message_id, answer.text)
+        else:
             self._save_answer(turn, answer, IN_PROGRESS)
             self.leases.hold(answer.message_id)
-            return
-        with UnitOfWork(self._db) as uow:
-            uow.conversations.save_progress(answer.message_id, answer.text, self.leases.expiry())
-            uow.commit()
 
     @staticmethod
     def _estimate_usage(turn: Turn, answer: Answer) -> None:

@@ -1,11 +1,11 @@
-"""Answers never stay stuck `in_progress`: their text is saved as it streams, at a bounded pace,
+"""Answers never stay stuck `in_progress`: their text is saved as it streams, in rounds,
 and answers whose process is gone (its lease ran out) are marked interrupted by anyone, while
 answers a live process is writing are left alone. Service tier, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -15,7 +15,7 @@ from models.db import Database
 from models.entities import utcnow
 from models.statuses import IN_PROGRESS, INTERRUPTED
 from services.answer_leases import AnswerLeases
-from services.asking import AnswerEvent, AskService, Question, SavingPace
+from services.asking import AnswerEvent, AskService, Question
 from services.metrics import Metrics
 from services.titles import TitleWriter
 from services.unit_of_work import UnitOfWork
@@ -36,10 +36,21 @@ def provider() -> ScriptedProvider:
     return ScriptedProvider()
 
 
-def asking_service(db: Database, provider: ScriptedProvider, pace: SavingPace = SavingPace()) -> AskService:
-    """One process's answering: its own leases, as each worker process has."""
-    titles = TitleWriter(db, provider, enabled=False)
-    return AskService(db, provider, metrics=Metrics(), titles=titles, leases=AnswerLeases(db, LEASE), pace=pace)
+@pytest.fixture
+def asking_service(db: Database, provider: ScriptedProvider) -> Iterator[Callable[..., AskService]]:
+    """One process's answering: its own leases, as each worker process has (stopped after the test)."""
+    made: list[AskService] = []
+
+    def make(save_every: float | None = None) -> AskService:
+        """`save_every` None: the test runs the rounds itself."""
+        titles = TitleWriter(db, provider, enabled=False)
+        leases = AnswerLeases(db, LEASE, save_every=save_every or 0.5, background=save_every is not None)
+        made.append(AskService(db, provider, metrics=Metrics(), titles=titles, leases=leases))
+        return made[-1]
+
+    yield make
+    for asking in made:
+        asking.leases.stop()
 
 
 def answer_row(db: Database, events_seen: AnswerEvent) -> Any:
@@ -48,37 +59,55 @@ def answer_row(db: Database, events_seen: AnswerEvent) -> Any:
                     if m.id == events_seen.answer.message_id)
 
 
-def test_the_text_is_saved_as_it_streams_at_a_bounded_pace(db: Database, provider: ScriptedProvider) -> None:
-    asking = asking_service(db, provider, SavingPace(seconds=0.2, chars=100))
-    provider.answer_with(Scripted(pieces=("First", " small", " x" * 60, " late", " end")))
+def test_the_text_is_saved_as_it_streams_in_rounds(db: Database, provider: ScriptedProvider, asking_service: Callable[..., AskService]
+) -> None:
+    asking = asking_service()
+    provider.answer_with(Scripted(pieces=("First", " small", " more", " end")))
     events = asking.ask_stream("", Question("Go"))
     first = next(events)
     assert answer_row(db, first).content == "First"  # the first text makes the row
-    assert answer_row(db, next(events)).content == "First"  # 6 characters more, at once: not yet
+    next(events)
     grown = next(events)
-    assert answer_row(db, grown).content == grown.answer.text  # 100 characters more: saved
-    time.sleep(0.25)
-    late = next(events)
-    row = answer_row(db, late)
-    assert row.content == late.answer.text and row.status == IN_PROGRESS  # a while later: saved
+    assert answer_row(db, grown).content == "First"  # later text waits for the next round...
+    assert asking.leases.save_texts() == 1  # ...which saves every answer's latest text at once
+    row = answer_row(db, grown)
+    assert row.content == "First small more" and row.status == IN_PROGRESS
     assert row.lease_expires_at > utcnow() + timedelta(seconds=LEASE - 5)
+    assert asking.leases.save_texts() == 0  # nothing new: nothing written
     events.close()
 
 
+def test_the_rounds_run_on_their_own_every_few_hundred_milliseconds(
+    db: Database, provider: ScriptedProvider, asking_service: Callable[..., AskService]
+) -> None:
+    asking = asking_service(save_every=0.1)
+    provider.answer_with(Scripted(pieces=("One", " two")), Scripted(pieces=("Three", " four")))
+    one, two = asking.ask_stream("", Question("A")), asking.ask_stream("", Question("B"))
+    next(one), next(two)
+    seen = [next(one), next(two)]
+    deadline = time.monotonic() + 5
+    while [answer_row(db, e).content for e in seen] != ["One two", "Three four"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [answer_row(db, e).content for e in seen] == ["One two", "Three four"]
+    one.close()
+    two.close()
+
+
 def test_a_live_answer_is_left_alone_and_a_dead_one_is_marked_interrupted_with_its_text(
-    db: Database, provider: ScriptedProvider
+    db: Database, provider: ScriptedProvider, asking_service: Callable[..., AskService]
 ) -> None:
     """Three processes on one database: one lives, one dies mid-answer (its iterator is never
     closed and its leases never renewed, as after a kill -9), one sweeps."""
-    alive = asking_service(db, provider, SavingPace(seconds=0, chars=1))
-    dying = asking_service(db, provider, SavingPace(seconds=0, chars=1))
-    sweeper = AnswerLeases(db, LEASE)
+    alive = asking_service()
+    dying = asking_service()
+    sweeper = AnswerLeases(db, LEASE, background=False)
     provider.answer_with(Scripted(pieces=("Alive", " and well")), Scripted(pieces=("Doomed", " answer", " cut")))
     live = alive.ask_stream("", Question("One"))
     live_first = next(live)
     dead = dying.ask_stream("", Question("Two"))
     next(dead)
     dead_second = next(dead)
+    dying.leases.save_texts()  # its last round before it died
 
     assert sweeper.sweep(now=utcnow() + timedelta(seconds=LEASE / 2)) == 0
     later = utcnow() + timedelta(seconds=LEASE * 2)
@@ -94,13 +123,15 @@ def test_a_live_answer_is_left_alone_and_a_dead_one_is_marked_interrupted_with_i
     dead.close()
 
 
-def test_a_late_save_of_a_swept_answer_has_the_last_word(db: Database, provider: ScriptedProvider) -> None:
+def test_a_late_save_of_a_swept_answer_has_the_last_word(
+    db: Database, provider: ScriptedProvider, asking_service: Callable[..., AskService]
+) -> None:
     """A writer that was only slow (its lease ran out while it lived) still stores its final text."""
-    writer = asking_service(db, provider, SavingPace(seconds=0, chars=1))
+    writer = asking_service()
     provider.answer_with(Scripted(pieces=("Slow", " but", " alive")))
     events = writer.ask_stream("", Question("Go"))
     first = next(events)
-    AnswerLeases(db, LEASE).sweep(now=utcnow() + timedelta(seconds=LEASE * 2))
+    AnswerLeases(db, LEASE, background=False).sweep(now=utcnow() + timedelta(seconds=LEASE * 2))
     assert answer_row(db, first).status == INTERRUPTED
     second = next(events)
     assert answer_row(db, second).content == "Slow"  # progress saves leave a swept answer alone
@@ -109,9 +140,11 @@ def test_a_late_save_of_a_swept_answer_has_the_last_word(db: Database, provider:
     assert (row.status, row.content) == ("finished_successfully", "Slow but alive")
 
 
-def test_shutting_down_marks_this_processs_answers_interrupted(db: Database, provider: ScriptedProvider) -> None:
-    writer = asking_service(db, provider)
-    other = asking_service(db, provider)
+def test_shutting_down_marks_this_processs_answers_interrupted(
+    db: Database, provider: ScriptedProvider, asking_service: Callable[..., AskService]
+) -> None:
+    writer = asking_service()
+    other = asking_service()
     provider.answer_with(Scripted(pieces=("Mine", " too")), Scripted(pieces=("Theirs", " too")))
     mine, theirs = writer.ask_stream("", Question("A")), other.ask_stream("", Question("B"))
     my_first, their_first = next(mine), next(theirs)
@@ -122,9 +155,11 @@ def test_shutting_down_marks_this_processs_answers_interrupted(db: Database, pro
     theirs.close()
 
 
-def test_renewing_and_sweeping_runs_on_its_own(db: Database, provider: ScriptedProvider) -> None:
+def test_renewing_and_sweeping_runs_on_its_own(
+    db: Database, provider: ScriptedProvider, asking_service: Callable[..., AskService]
+) -> None:
     leases = AnswerLeases(db, lease_seconds=0.3)
-    writer = asking_service(db, provider)
+    writer = asking_service()
     provider.answer_with(Scripted(pieces=("Left", " behind")))
     events = writer.ask_stream("", Question("Go"))
     first = next(events)
@@ -144,15 +179,16 @@ def test_renewing_and_sweeping_runs_on_its_own(db: Database, provider: ScriptedP
 
 
 def test_the_next_ask_continues_after_an_interrupted_answer_with_its_text(
-    db: Database, provider: ScriptedProvider
+    db: Database, provider: ScriptedProvider, asking_service: Callable[..., AskService]
 ) -> None:
-    writer = asking_service(db, provider, SavingPace(seconds=0, chars=1))
+    writer = asking_service()
     provider.answer_with(Scripted(pieces=("Half", " an answer", " lost")))
     events = writer.ask_stream("", Question("Start"))
     next(events)
     cut = next(events)
+    writer.leases.save_texts()
     writer.leases.let_go(cut.answer.message_id)
-    AnswerLeases(db, LEASE).sweep(now=utcnow() + timedelta(seconds=LEASE * 2))
+    AnswerLeases(db, LEASE, background=False).sweep(now=utcnow() + timedelta(seconds=LEASE * 2))
     writer.ask("", Question("Go on", conversation_id=cut.answer.conversation_id))
     sent = [(m.role, m.content) for m in provider.requests[-1].messages]
     assert sent[-2:] == [("assistant", "Half an answer"), ("user", "Go on")]
