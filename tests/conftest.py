@@ -84,7 +84,8 @@ TABLES = ("chat_completions", "messages", "conversations", "api_keys")
 """Every table a test can write, children first (SQLite's DELETE does not cascade)."""
 
 
-def _emptied(url: str, cleaners: dict[str, Engine]) -> str:
+def emptied(url: str, cleaners: dict[str, Engine]) -> str:
+    """`url`, every table of it emptied (with an engine kept in `cleaners`)."""
     engine = cleaners.get(url) or cleaners.setdefault(url, create_engine(url))
     with engine.begin() as connection:
         for table in TABLES:
@@ -98,13 +99,13 @@ def database_url(request: pytest.FixtureRequest, cleaners: dict[str, Engine]) ->
 
     A test that migrates it further or drops tables must use a database of its own.
     """
-    return _emptied(request.getfixturevalue(f"{request.param}_url"), cleaners)
+    return emptied(request.getfixturevalue(f"{request.param}_url"), cleaners)
 
 
 @pytest.fixture
 def empty_postgresql_url(postgresql_url: str, cleaners: dict[str, Engine]) -> str:
     """The run's PostgreSQL database alone, its tables emptied before the test."""
-    return _emptied(postgresql_url, cleaners)
+    return emptied(postgresql_url, cleaners)
 
 
 @pytest.fixture(scope="session")

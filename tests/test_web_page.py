@@ -1,16 +1,22 @@
 """The chat page in a real Chromium, against the real server process and the fake upstream.
 
-One server and one browser for the module; each test starts from an empty store and
-an empty browser storage.
+One browser for the module, and one server per database: the journeys that store
+something run against a server on SQLite and one on PostgreSQL; the purely visual ones
+(`ONCE`) on SQLite only. Each test starts from an empty store and an empty browser
+storage. The server reaches the fake upstream through a proxy a test can cut (an
+upstream that goes down). One test starts a locked-down server of its own: API keys,
+no upstream, a low rate limit.
 """
 
 from __future__ import annotations
 
+import re
 import signal
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -18,14 +24,17 @@ from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
+from sqlalchemy import Engine
 
+from fakes.openai_upstream import MODELS, Fail, FakeOpenAI, Reply
+from fakes.tcp_proxy import TcpProxy
 from models.db import Database
 from services.api_keys import ApiKeys
 from tests.browser import chromium, page_problems, reset_viewport, set_color_scheme, set_viewport
-from tests.conftest import UPSTREAM_KEY
-from fakes.openai_upstream import Fail, FakeOpenAI, Reply
+from tests.conftest import UPSTREAM_KEY, emptied
 from tests.server_process import ServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -38,21 +47,40 @@ XSS_ANSWER = (
     '<a href="#" onclick="window.__xss=\'onclick\'">click</a>\n\n'
     '```python\nprint("<b>bold?</b>")\n```'
 )
+NO_UPSTREAM = (
+    "No upstream is configured: set OPENAI_API_KEY (and OPENAI_BASE_URL for a server other than "
+    "OpenAI's), or LLM_PROVIDER=chatgpt with CHATGPT_ACCESS_TOKEN. Then restart the server."
+)
+
+
+ONCE = pytest.mark.parametrize("server", ["sqlite"], indirect=True)
+"""For a test of how the page looks or behaves in itself: one database is enough."""
 
 
 @pytest.fixture(scope="module")
+def upstream_proxy(fake_upstream_server: FakeOpenAI) -> Iterator[TcpProxy]:
+    """The fake upstream behind a proxy: `cut()` is an upstream that went down."""
+    address = urlsplit(fake_upstream_server.url)
+    assert address.hostname and address.port
+    with TcpProxy(address.hostname, address.port) as proxy:
+        yield proxy
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def server(
-    tmp_path_factory: pytest.TempPathFactory, fake_upstream_server: FakeOpenAI
+    request: pytest.FixtureRequest, cleaners: dict[str, Engine], upstream_proxy: TcpProxy
 ) -> Iterator[ServerProcess]:
+    """`python app.py` on the run's database of each kind (migrated once, emptied here)."""
+    database_url = emptied(request.getfixturevalue(f"{request.param}_url"), cleaners)
     env = {
-        "DATABASE_URL": f"sqlite:///{tmp_path_factory.mktemp('web') / 'gpt-api.sqlite3'}",
+        "DATABASE_URL": database_url,
+        "MIGRATE_ON_START": "false",
         "OPENAI_API_KEY": UPSTREAM_KEY,
-        "OPENAI_BASE_URL": fake_upstream_server.url,
+        "OPENAI_BASE_URL": f"http://127.0.0.1:{upstream_proxy.port}/v1",
         "OPENAI_MODEL": "gpt-test",
         "UPSTREAM_MAX_RETRIES": "0",
         "GENERATE_TITLES": "false",
-        # Its output waits in a pipe until it stops: a line per file the page loads would fill it.
-        "LOG_LEVEL": "WARNING",
+        "LOG_LEVEL": "WARNING",  # no line per file the page loads
     }
     running = ServerProcess(env).start()
     yield running
@@ -124,18 +152,34 @@ class Page:
         self.wait_for(shown)
         return self.messages()
 
-    def message(self, text: str) -> WebElement:
-        """The stored message whose body reads `text`."""
+    def find_message(self, text: str) -> WebElement | None:
+        """The stored message whose body reads `text`, if one is shown."""
         for article in self.all("#thread article.message[data-id]"):
             if self.find(".body", article).text == text:
                 return article
-        raise AssertionError(f"no message {text!r} in {self.messages()}")
+        return None
+
+    def message(self, text: str) -> WebElement:
+        """The stored message whose body reads `text`."""
+        found = self.find_message(text)
+        assert found is not None, f"no message {text!r} in {self.messages()}"
+        return found
 
     def sidebar(self) -> list[str]:
         return [b.text for b in self.all("#conversations .convo-open")]
 
-    def notice(self) -> str:
-        return self.wait_for(lambda: self.find("#notice").is_displayed() and self.find("#notice").text)
+    def notice(self, starting: str = "") -> str:
+        """The notice shown (once it starts with `starting`)."""
+        return self.wait_for(
+            lambda: self.find("#notice").is_displayed()
+            and (text := self.find("#notice").text).startswith(starting)
+            and text
+        )
+
+    def note(self, article: WebElement) -> str:
+        """What is said under a message about how it ended ("interrupted"), or ""."""
+        notes = article.find_elements(By.CSS_SELECTOR, ".note")
+        return notes[0].text if notes else ""
 
 
 @pytest.fixture
@@ -284,6 +328,7 @@ def test_rename_delete_and_clear_from_the_sidebar_which_scrolls_on(page: Page, s
     assert server.post("conversation", {}).json()["response"] == []
 
 
+@ONCE
 def test_answers_carrying_html_or_scripts_run_nothing(page: Page, fake_upstream: FakeOpenAI) -> None:
     fake_upstream.script(Reply(text=XSS_ANSWER))
     page.type_prompt("<img src=x onerror=\"window.__xss='prompt'\"> hi")
@@ -305,6 +350,24 @@ def test_answers_carrying_html_or_scripts_run_nothing(page: Page, fake_upstream:
     )
 
 
+@ONCE
+def test_enter_sends_and_shift_enter_starts_a_new_line(page: Page, fake_upstream: FakeOpenAI) -> None:
+    prompt = page.find("#prompt")
+    one_line = prompt.size["height"]
+    prompt.send_keys("First line")
+    ActionChains(page.driver).key_down(Keys.SHIFT).send_keys(Keys.ENTER).key_up(Keys.SHIFT).perform()
+    prompt.send_keys("second line")
+    assert prompt.get_attribute("value") == "First line\nsecond line"
+    assert prompt.size["height"] > one_line  # the box grows with its text
+    assert page.messages() == [] and fake_upstream.requests == []  # nothing sent yet
+    prompt.send_keys(Keys.ENTER)
+    assert page.wait_stored("Echo: First line\nsecond line") == [
+        ("user", "First line\nsecond line"),
+        ("assistant", "Echo: First line\nsecond line"),
+    ]
+    assert prompt.get_attribute("value") == "" and prompt.size["height"] == one_line
+
+
 def test_stop_keeps_the_partial_answer_stored_and_marked(
     page: Page, server: ServerProcess, fake_upstream: FakeOpenAI
 ) -> None:
@@ -315,25 +378,20 @@ def test_stop_keeps_the_partial_answer_stored_and_marked(
     page.wait_for(lambda: page.find("#send").is_displayed())
     answer = page.wait_for(lambda: page.all("#thread article.assistant[data-id] .note"))[0]
     assert answer.text == "interrupted"  # as stored: whatever the server had when it noticed
-    [conversation] = server.post("conversation", {}).json()["response"]
-    tree = server.post("msg/history", {"convo_id": conversation["id"]}).json()["response"]
-    [stored] = [
-        n["message"]
-        for n in tree["mapping"].values()
-        if n.get("message", {}).get("author", {}).get("role") == "assistant"
-    ]
+    [stored] = stored_answers(server)
     assert stored["status"] == "finished_partial_completion"
     assert stored["metadata"]["finish_details"] == {"type": "interrupted"}
     assert stored["content"]["parts"][0].startswith("Partial")
     assert page.messages()[-1] == ("assistant", stored["content"]["parts"][0].strip())
 
 
-def test_an_upstream_failure_is_shown_and_the_question_can_be_retried(
-    page: Page, fake_upstream: FakeOpenAI
+def test_upstream_failures_are_shown_and_the_question_can_be_retried(
+    page: Page, fake_upstream: FakeOpenAI, upstream_proxy: TcpProxy
 ) -> None:
     fake_upstream.script(Fail(status=500, message="upstream exploded"))
     page.type_prompt("Will this work?")
-    assert page.notice().startswith("The upstream model failed:")
+    failed = page.notice()
+    assert failed.startswith("The upstream model failed: The upstream answered 500") and "exploded" in failed
     page.wait_for(lambda: page.all("#thread article.user[data-id] button.retry"))
     assert page.messages() == [("user", "Will this work?")]
     page.find("#thread button.retry").click()
@@ -350,26 +408,109 @@ def test_an_upstream_failure_is_shown_and_the_question_can_be_retried(
     answer = page.wait_for(lambda: page.all("#thread article.assistant[data-id] .note"))[0]
     assert answer.text == "interrupted"  # what was written stays, marked
 
+    upstream_proxy.cut()  # the upstream goes down: its connections reset, new ones refused
+    try:
+        page.type_prompt("Anyone there?")
+        assert page.notice("The upstream model failed: Could not") == (
+            "The upstream model failed: Could not reach the upstream (connection failed or was cut)."
+        )
+        question = page.wait_for(lambda: page.find_message("Anyone there?"))
+        assert page.messages()[-1] == ("user", "Anyone there?")  # kept, with no answer
+    finally:
+        upstream_proxy.restore()
+    page.find("button.retry", question).click()
+    assert page.wait_stored("Echo: Anyone there?")[-2:] == [
+        ("user", "Anyone there?"),
+        ("assistant", "Echo: Anyone there?"),
+    ]
+    assert not page.find("#notice").is_displayed()
 
-def test_optional_routes_light_up_only_when_the_service_has_them(page: Page, server: ServerProcess) -> None:
-    """Search and the model picker appear when the service answers for them (else 404: hidden)."""
-    has_search = server.post("search", {}).status_code != 404
-    assert page.find("#search").is_displayed() == has_search
-    if has_search:
-        ask_api(server, "where is the walrus")
-        ask_api(server, "nothing to see")
-        page.open()
-        page.find("#search").send_keys("walrus")
-        hits = page.wait_for(lambda: page.all("#search-results button.hit"))
-        assert all("walrus" in hit.text for hit in hits)  # the question, its answer, nothing else
-        hits[0].click()
-        assert page.wait_stored("Echo: where is the walrus")[0] == ("user", "where is the walrus")
-        assert page.all("#thread article.flash")  # the message found is shown
-    has_models = httpx.get(f"{server.url}/v1/models").status_code == 200
-    assert page.find("#model").is_displayed() == has_models
+
+def test_a_connection_lost_mid_answer_keeps_what_was_written_marked_interrupted(
+    page: Page, server: ServerProcess, fake_upstream: FakeOpenAI
+) -> None:
+    fake_upstream.script(
+        Reply(chunks=["Written ", "before ", "the ", "cut ", "and ", "never ", "seen"], chunk_delay=0.5)
+    )
+    with TcpProxy("127.0.0.1", server.port) as proxy:  # the browser's way to the server
+        far = Page(page.driver, f"http://127.0.0.1:{proxy.port}").open()
+        far.type_prompt("Tell me slowly")
+        far.wait_for(lambda: far.messages()[-1][1].startswith("Written"))
+        proxy.cut()  # the connection dies mid-answer; the server cannot be reached any more
+        assert far.notice() == (
+            "The connection to the server was lost while the answer was being written. "
+            "What arrived is kept, marked interrupted."
+        )
+        [question, answer] = far.all("#thread article.message")
+        written = far.find(".body", answer).text
+        assert written.startswith("Written") and "seen" not in written
+        assert far.note(answer) == "interrupted"
+        assert far.find(".body", question).text == "Tell me slowly"
+
+        [stored] = far.wait_for(
+            lambda: (found := stored_answers(server)) and found[0]["status"] != "in_progress" and found
+        )
+        assert stored["metadata"]["finish_details"] == {"type": "interrupted"}
+        kept = stored["content"]["parts"][0]
+        assert kept.startswith(written) and "seen" not in kept  # the server stopped too
+
+        proxy.restore()  # back online: the conversation is there, as the server kept it
+        far.open()
+        far.find("#conversations .convo-open").click()
+        far.wait_stored(kept.strip())
+        assert far.note(far.message(kept.strip())) == "interrupted"
 
 
-def test_with_keys_the_page_asks_for_one_and_names_the_upstream_variable_to_set(
+@ONCE
+def test_a_question_the_server_refuses_goes_back_into_the_box(page: Page, server: ServerProcess) -> None:
+    page.type_prompt("First")
+    page.wait_stored("Echo: First")
+    [conversation] = server.post("conversation", {}).json()["response"]
+    server.post("delete/conversation", {"convo_id": conversation["id"]})  # say, from another tab
+    page.type_prompt("Second")
+    assert page.notice() == f"Conversation {conversation['id']} does not exist."
+    page.wait_for(lambda: page.find("#prompt").get_attribute("value") == "Second")
+    assert page.messages() == [("user", "First"), ("assistant", "Echo: First")]  # nothing half-asked
+
+
+def test_search_finds_a_question_and_opens_its_conversation_there(page: Page, server: ServerProcess) -> None:
+    ask_api(server, "where is the walrus")
+    ask_api(server, "nothing to see")
+    page.open()
+    page.find("#search").send_keys("walrus")
+    hits = page.wait_for(lambda: page.all("#search-results button.hit"))
+    assert len(hits) == 2 and all("walrus" in hit.text for hit in hits)  # the question and its answer
+    hits[0].click()
+    assert page.wait_stored("Echo: where is the walrus")[0] == ("user", "where is the walrus")
+    assert page.all("#thread article.flash")  # the message found is shown
+    page.find("#search").clear()
+    page.find("#search").send_keys("nothing matches this")
+    page.wait_for(lambda: page.find("#list-end").text == "Nothing found.")
+
+
+def test_the_model_picker_offers_the_upstreams_models_and_asks_with_the_one_chosen(
+    page: Page, fake_upstream: FakeOpenAI
+) -> None:
+    picker = Select(page.find("#model"))
+    assert picker.first_selected_option.text == "Default model"
+    assert [option.text for option in picker.options] == ["Default model", *sorted(MODELS)]
+    picker.select_by_visible_text("org/model-with-a-slash")
+    page.type_prompt("Which model?")
+    page.wait_stored("Echo: Which model?")
+    assert asked(fake_upstream)[-1]["model"] == "org/model-with-a-slash"
+    assert page.message("Echo: Which model?").get_attribute("title").startswith("org/model-with-a-slash · ")
+
+    page.reload()  # the choice is kept in this browser
+    picker = Select(page.find("#model"))
+    assert picker.first_selected_option.text == "org/model-with-a-slash"
+    picker.select_by_visible_text("Default model")
+    page.type_prompt("And now?")
+    page.wait_stored("Echo: And now?")
+    assert asked(fake_upstream)[-1]["model"] == "gpt-test"  # the server's OPENAI_MODEL
+    assert page.message("Echo: And now?").get_attribute("title").startswith("gpt-test · ")
+
+
+def test_a_locked_server_without_upstream_asks_for_a_key_names_the_variable_and_limits_the_rate(
     driver: webdriver.Chrome, tmp_path: Path
 ) -> None:
     url = f"sqlite:///{tmp_path / 'keys.sqlite3'}"
@@ -377,8 +518,15 @@ def test_with_keys_the_page_asks_for_one_and_names_the_upstream_variable_to_set(
     database.migrate()
     key = ApiKeys(database).create("browser").key
     database.dispose()
-    server = ServerProcess({"DATABASE_URL": url, "GENERATE_TITLES": "false", "LOG_LEVEL": "WARNING"}).start()
-    try:  # a server with no upstream
+    env = {
+        "DATABASE_URL": url,
+        "MIGRATE_ON_START": "false",
+        "GENERATE_TITLES": "false",
+        "LOG_LEVEL": "WARNING",
+        "RATE_LIMIT": "40/minute",
+    }
+    server = ServerProcess(env).start()  # no upstream
+    try:
         page = Page(driver, server.url)
         driver.get(server.url + "/")
         reason = page.wait_for(
@@ -392,16 +540,53 @@ def test_with_keys_the_page_asks_for_one_and_names_the_upstream_variable_to_set(
         assert page.find("#list-end").text == "No conversations yet."
         assert driver.execute_script("return localStorage.getItem('gpt-api.key')") == key
 
+        # No upstream: the page says what to set before anyone asks, and again on asking.
+        assert page.notice() == NO_UPSTREAM
         page.type_prompt("Hello?")
-        assert "OPENAI_API_KEY" in page.notice()
-        assert page.find("#prompt").get_attribute("value") == "Hello?"  # given back, not lost
+        page.wait_for(lambda: page.find("#prompt").get_attribute("value") == "Hello?")  # given back
+        assert page.notice() == NO_UPSTREAM and page.messages() == []
+
         page.reload()  # the key is remembered
         assert not page.find("#key-dialog").is_displayed()
+        page.find("#prompt").clear()
+
+        # Rate limited: another client with the same key used up what the key may ask.
+        for _ in range(50):
+            spent = httpx.post(
+                f"{server.url}/api/chat/conversation", json={}, headers={"Authorization": f"Bearer {key}"}
+            )
+            if spent.status_code == 429:
+                break
+        assert spent.status_code == 429
+        page.type_prompt("Too fast?")
+        notice = page.notice("Rate limited:")
+        assert re.fullmatch(
+            r"Rate limited: Too many requests: each caller may make 40 per 1 minute; retry in \d+ s\.", notice
+        )
+        page.wait_for(lambda: page.find("#prompt").get_attribute("value") == "Too fast?")
+        assert page.messages() == []
         assert page_problems(driver) == []
     finally:
         server.stop(signal.SIGINT)
 
 
+def asked(fake_upstream: FakeOpenAI) -> list[dict[str, Any]]:
+    """The bodies of the chat completions the upstream was asked for, in order."""
+    return [r.body for r in fake_upstream.requests if r.path.endswith("/chat/completions")]
+
+
+def stored_answers(server: ServerProcess) -> list[dict[str, Any]]:
+    """The assistant messages of the one conversation in the store, as `msg/history` gives them."""
+    [conversation] = server.post("conversation", {}).json()["response"]
+    tree = server.post("msg/history", {"convo_id": conversation["id"]}).json()["response"]
+    return [
+        node["message"]
+        for node in tree["mapping"].values()
+        if node.get("message", {}).get("author", {}).get("role") == "assistant"
+    ]
+
+
+@ONCE
 def test_screenshots_and_first_load_size(
     page: Page, server: ServerProcess, fake_upstream: FakeOpenAI, tmp_path: Path
 ) -> None:
@@ -455,6 +640,10 @@ def test_screenshots_and_first_load_size(
     set_viewport(driver, 390, 844, mobile=True)
     sidebar = page.find("#sidebar")
     page.wait_for(lambda: sidebar.rect["x"] + sidebar.rect["width"] <= 0)  # a drawer, closed
+    assert driver.execute_script("return document.documentElement.scrollWidth") <= 390  # no sideways scroll
+    for control in ("#menu", "#prompt", "#send", "#model"):
+        box = page.find(control).rect
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 390 and box["y"] + box["height"] <= 844, control
     driver.save_screenshot(str(tmp_path / "phone.png"))
     page.find("#menu").click()
     page.wait_for(lambda: sidebar.rect["x"] == 0)

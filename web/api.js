@@ -97,7 +97,7 @@ export async function askStreaming(body, onEvent, signal) {
       chunk = await reader.read();
     } catch (error) {
       if (error.name === "AbortError") throw error;
-      throw new ApiError(0, "connection_lost", "The connection was lost while the answer was being written.");
+      throw connectionLost();
     }
     if (chunk.done) break;
     buffer += chunk.value;
@@ -108,7 +108,15 @@ export async function askStreaming(body, onEvent, signal) {
       if (handleBlock(block, onEvent)) return;
     }
   }
-  throw new ApiError(0, "connection_lost", "The connection was lost while the answer was being written.");
+  throw connectionLost();
+}
+
+function connectionLost() {
+  return new ApiError(
+    0,
+    "connection_lost",
+    "The connection to the server was lost while the answer was being written.",
+  );
 }
 
 /** One server-sent event; true when it is the final `[DONE]`. */
@@ -141,11 +149,23 @@ export async function hasSearch() {
   }
 }
 
-/** The upstream's model ids from `/v1/models`, or [] when the service has no such route. */
+/**
+ * The upstream's model ids from `/v1/models`: [] when the service has no such route or
+ * cannot list them now; rejects with the ApiError when no upstream is configured at all.
+ */
 export async function listModels() {
+  let response;
   try {
-    const response = await send("/v1/models", { method: "GET" }, () => headers());
-    if (!response.ok) return [];
+    response = await send("/v1/models", { method: "GET" }, () => headers());
+  } catch {
+    return [];
+  }
+  if (!response.ok) {
+    const error = await errorOf(response);
+    if (error.code === "upstream_not_configured") throw error;
+    return [];
+  }
+  try {
     const { data } = await response.json();
     return Array.isArray(data)
       ? data

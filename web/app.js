@@ -64,6 +64,7 @@ function describe(error) {
     );
   }
   if (error.code === "upstream_not_configured") return `${error.message} Then restart the server.`;
+  if (error.code === "connection_lost") return `${error.message} What arrived is kept, marked interrupted.`;
   if (error.code.startsWith("upstream") || [502, 504].includes(error.status)) {
     return `The upstream model failed: ${error.message}`;
   }
@@ -486,16 +487,22 @@ async function ask(body) {
   }
   if (failure) {
     const stopped = failure.name === "AbortError";
-    pending.note = stopped ? "stopped" : pending.text ? "interrupted" : "";
     if (!stopped) report(failure);
-    if (failure instanceof ApiError) convoId = convoId || failure.details.conversation_id || null;
-    if (!pending.text && !convoId) {
-      state.pending = null; // nothing was stored: give the prompt back
+    // The service names the conversation in an error that comes after it stored the question.
+    const named = (failure instanceof ApiError && failure.details.conversation_id) || null;
+    if (!(pending.answerId || named || (stopped && convoId))) {
+      state.pending = null; // the question was not stored (refused, rate limited): give it back
       if (!$("prompt").value) $("prompt").value = body.prompt;
+      growPrompt();
+      renderThread();
+      return;
     }
+    convoId = convoId || named;
+    pending.note = stopped ? "stopped" : pending.text ? "interrupted" : "";
     renderThread();
   }
-  if (convoId) await showStored(convoId, pending.answerId, pending.parentId);
+  const reported = Boolean(failure) && failure.name !== "AbortError";
+  if (convoId) await showStored(convoId, pending.answerId, pending.parentId, reported);
 }
 
 /** The question just asked under `parentId` (it may have failed, and have no answer). */
@@ -504,14 +511,17 @@ function newestChild(mapping, parentId) {
   return children[children.length - 1] || null;
 }
 
-/** The conversation as stored, once the answer `answerId` is finished there. */
-async function showStored(convoId, answerId, pendingParent) {
+/**
+ * The conversation as stored, once the answer `answerId` is finished there. After a
+ * `reported` failure, the notice keeps saying what failed first.
+ */
+async function showStored(convoId, answerId, pendingParent, reported) {
   for (let attempt = 0; attempt < 20; attempt++) {
     let tree;
     try {
       tree = await call("msg/history", { convo_id: convoId });
     } catch (error) {
-      report(error); // the server is gone: the text so far stays, marked
+      if (!reported) report(error); // the server is gone: the text so far stays, marked
       return;
     }
     const answer = answerId && tree.mapping[answerId];
@@ -581,7 +591,13 @@ async function changeKey() {
 }
 
 async function detectFeatures() {
-  const [search, models] = await Promise.all([hasSearch(), listModels()]);
+  const [search, models] = await Promise.all([
+    hasSearch(),
+    listModels().catch((error) => {
+      report(error); // no upstream configured: say which variable to set before anyone asks
+      return [];
+    }),
+  ]);
   $("search").hidden = !search;
   if (models.length) {
     const picker = $("model");
