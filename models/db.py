@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from functools import partial
 from pathlib import Path
 
@@ -11,7 +12,10 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
+
+import psycopg2
 
 from models import pg_wait
 
@@ -53,13 +57,36 @@ def make_engine(
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_timeout=10,
-        pool_pre_ping=True,
         connect_args=connect_args,
         hide_parameters=True,  # logged errors must not carry prompts or key hashes
     )
     if parsed.get_backend_name() == "postgresql":
         event.listen(engine, "connect", partial(_set_statement_timeout, seconds=timeout))
+        event.listen(engine, "checkin", _note_checkin)
+        event.listen(engine, "checkout", _ping_if_idle)
     return engine
+
+
+IDLE_BEFORE_PING = 2.0
+"""Seconds a pooled connection may rest before it is tested on checkout."""
+
+
+def _note_checkin(_dbapi_connection, record) -> None:  # type: ignore[no-untyped-def]
+    record.info["checked_in"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection, record, _proxy) -> None:  # type: ignore[no-untyped-def]
+    """Test a connection that rested in the pool (the server may have closed it meanwhile:
+    a restart, an idle timeout) before handing it out; a busy one is not tested, so under load
+    no request pays a round trip for the check (which `pool_pre_ping` makes on every checkout).
+    A dead one is replaced: SQLAlchemy retries the checkout on `DisconnectionError`."""
+    if time.monotonic() - record.info.get("checked_in", 0.0) < IDLE_BEFORE_PING:
+        return
+    try:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except psycopg2.Error as error:
+        raise DisconnectionError(str(error)) from error
 
 
 def _set_statement_timeout(dbapi_connection, _record, *, seconds: float) -> None:  # type: ignore[no-untyped-def]
@@ -84,6 +111,12 @@ class Database:
             url, pool_size=pool_size, max_overflow=max_overflow, timeout=timeout
         )
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.one_statement_sessions = self.sessions
+        """For units of work of a single statement: on PostgreSQL outside a transaction (that
+        statement is atomic alone), which spares the BEGIN and COMMIT round trips."""
+        if self.engine.dialect.name == "postgresql":
+            autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+            self.one_statement_sessions = sessionmaker(autocommit, expire_on_commit=False)
 
     def migrate(self, revision: str = "head", **options: str) -> None:
         """Bring the schema to `revision` (the newest by default); `options` reach the

@@ -20,6 +20,7 @@ from sqlalchemy import (
     case,
     cast,
     delete,
+    exists,
     insert,
     literal,
     null,
@@ -29,14 +30,20 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import Update
 
 from models.entities import DEFAULT_TITLE, ChatCompletion, Conversation, Message
-from models.statuses import IN_PROGRESS, INTERRUPTED
+from models.statuses import FINISHED, IN_PROGRESS, INTERRUPTED
 
 MESSAGE_COLUMNS = tuple(Message.__table__.columns)
 SUMMARY_COLUMNS = (Conversation.id, Conversation.title, Conversation.created_at, Conversation.updated_at)
 _IN_PROGRESS = literal(IN_PROGRESS, literal_execute=True)
 _BATCH = 500
+_CONVERSATIONS = Conversation.__table__
+_MESSAGES = Message.__table__
+"""The tables, for Core statements on the answer path (no ORM bookkeeping per row)."""
+_NODE_DEFAULTS: dict[str, Any] = {"parent_id": None, "role": None, "end_turn": None, "status": FINISHED}
+"""Every node of a multi-row insert names the same columns."""
 """Rows per statement where one statement names many (bound parameters stay well within limits)."""
 """Written into the statement, so both databases use the partial index on answers in progress."""
 
@@ -54,11 +61,17 @@ def _path_query(conversation_id: uuid.UUID, message_id: uuid.UUID) -> Select[Any
     return select(*MESSAGE_COLUMNS).join(walk, Message.id == walk.c.id).order_by(walk.c.depth.desc())
 
 
+def _update_answer(answer: dict[str, Any]) -> Update:
+    return update(_MESSAGES).where(_MESSAGES.c.id == answer["id"]).values(answer)
+
+
 class ConversationRepository:
     """Queries on the conversations and messages tables, bound to one session."""
 
     def __init__(self, session: Session) -> None:
         self.session = session
+        bind = session.get_bind()
+        self._postgresql = bind.dialect.name == "postgresql"
 
     # -- conversations -------------------------------------------------------
 
@@ -89,10 +102,38 @@ class ConversationRepository:
         return self.session.execute(query).all()
 
     def add_conversation(self, *, nodes: Sequence[dict[str, Any]], **values: Any) -> None:
-        """A new conversation and its first nodes (parents before children, same keys each)."""
-        self.session.execute(insert(Conversation).values(values))
+        """A new conversation and its first nodes (parents before children): one statement on
+        PostgreSQL (the conversation's insert in a CTE), so it can run outside a transaction."""
         shared = {"conversation_id": values["id"], "created_at": values["created_at"]}
-        self.session.execute(insert(Message), [{**node, **shared} for node in nodes])
+        rows = [{**_NODE_DEFAULTS, **node, **shared} for node in nodes]
+        if self._postgresql:
+            conversation = insert(_CONVERSATIONS).values(values).returning(_CONVERSATIONS.c.id).cte("new_conversation")
+            self.session.execute(insert(_MESSAGES).values(rows).add_cte(conversation))
+        else:
+            self.session.execute(insert(_CONVERSATIONS).values(values))
+            self.session.execute(insert(_MESSAGES).values(rows))
+
+    def place_answer(
+        self, conversation_id: uuid.UUID, moved: dict[str, Any], answer: dict[str, Any], *, new: bool
+    ) -> bool:
+        """Write an answer (`new`: insert its row, else update it) and set the conversation's
+        columns `moved` (its current node, `updated_at`); False, writing nothing, when the
+        conversation is gone. One statement on PostgreSQL."""
+        touch = update(_CONVERSATIONS).where(_CONVERSATIONS.c.id == conversation_id).values(moved)
+        if not self._postgresql:
+            if not self.session.execute(touch).rowcount:  # type: ignore[attr-defined]
+                return False
+            write = insert(_MESSAGES).values(answer) if new else _update_answer(answer)
+            self.session.execute(write)
+            return True
+        touched = touch.returning(_CONVERSATIONS.c.id).cte("moved")
+        if new:
+            columns = [_MESSAGES.c[name] for name in answer]
+            values = select(*(literal(value, column.type) for value, column in zip(answer.values(), columns)))
+            write = insert(_MESSAGES).from_select(columns, values.where(exists(select(touched.c.id))))
+        else:
+            write = _update_answer(answer).where(exists(select(touched.c.id)))
+        return bool(self.session.execute(write.add_cte(touched)).rowcount)  # type: ignore[attr-defined]
 
     def claim(self, owner: str, conversation_id: uuid.UUID, now: datetime) -> Row[Any] | None:
         """Mark new activity on the owner's conversation and read what asking needs, or None.

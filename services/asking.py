@@ -248,10 +248,14 @@ class AskService:
     def _store_question(self, owner: str, question: Question, said: Sequence[Said], provider: Provider) -> Turn:
         """Store the question's messages under its parent (nothing with `store=False`)."""
         now = utcnow()
-        with UnitOfWork(self._db) as uow:
+        chain = [(message.id, message.role, message.content) for message in said]
+        new = question.conversation_id is None
+        with UnitOfWork(self._db, one_statement=new) as uow:
             repo = uow.conversations
-            if question.conversation_id is None:
-                conversation_id, path = self.new_conversation(repo, owner, now, keep=question.store)
+            if new:
+                conversation_id, path = self.new_conversation(
+                    repo, owner, now, keep=question.store, chain=chain
+                )
                 title, upstream_id = DEFAULT_TITLE, None
             else:
                 if question.store:
@@ -266,10 +270,9 @@ class AskService:
                 if not path:
                     raise ParentNotFound(f"Message {parent_id} is not part of conversation {conversation_id}.")
                 title, upstream_id = found.title, found.upstream_id
-            if question.store:
-                chain = [(message.id, message.role, message.content) for message in said]
-                repo.add_chain(conversation_id, path[-1].id, chain, status=FINISHED, created_at=now)
-                uow.commit()
+                if question.store:
+                    repo.add_chain(conversation_id, path[-1].id, chain, status=FINISHED, created_at=now)
+            uow.commit()
         path.extend(_Node(message.id, message.role, message.content) for message in said)
         messages = _context(path)
         if question.instructions:
@@ -295,15 +298,31 @@ class AskService:
         return Turn(conversation_id, path[-1].id, request, wants_title, question.store, question.record, context)
 
     def new_conversation(
-        self, repo: ConversationRepository, owner: str, now: datetime, *, keep: bool = True
+        self,
+        repo: ConversationRepository,
+        owner: str,
+        now: datetime,
+        *,
+        keep: bool = True,
+        chain: Sequence[tuple[uuid.UUID, str, str]] = (),
     ) -> tuple[uuid.UUID, list[Any]]:
-        """A conversation with its root node and system node, as ChatGPT makes them (written
-        unless `keep` is False); its id and those two nodes."""
+        """A conversation with its root node and system node, as ChatGPT makes them, and the
+        messages `chain` `(id, role, content)` under them, all written in one go unless `keep`
+        is False; its id and the root and system nodes."""
         conversation_id, root, system = uuid.uuid4(), _Node(uuid.uuid4(), None, ""), _Node(
             uuid.uuid4(), "system", self._system_prompt
         )
         if not keep:
             return conversation_id, [root, system]
+        nodes = [
+            {"id": root.id, "parent_id": None, "role": None, "content": "", "end_turn": None},
+            {"id": system.id, "parent_id": root.id, "role": "system", "content": system.content, "end_turn": True},
+        ]
+        parent_id = system.id
+        for message_id, role, content in chain:
+            nodes.append({"id": message_id, "parent_id": parent_id, "role": role, "content": content,
+                          "end_turn": None})
+            parent_id = message_id
         repo.add_conversation(
             id=conversation_id,
             owner=owner,
@@ -311,10 +330,7 @@ class AskService:
             created_at=now,
             updated_at=now,
             current_node_id=system.id,
-            nodes=[
-                {"id": root.id, "parent_id": None, "role": None, "content": "", "end_turn": None},
-                {"id": system.id, "parent_id": root.id, "role": "system", "content": system.content, "end_turn": True},
-            ],
+            nodes=nodes,
         )
         return conversation_id, [root, system]
 
@@ -388,41 +404,36 @@ class AskService:
             answer.completion_tokens = tokens.count_text(answer.text)
 
     def _save_answer(self, turn: Turn, answer: Answer, status: str) -> None:
-        """Insert or finish the answer's row and move the conversation's current node to it."""
+        """Insert or finish the answer's row and move the conversation's current node to it
+        (nothing is kept if the conversation was deleted while the upstream answered)."""
         now = utcnow()
-        with UnitOfWork(self._db) as uow:
+        moved: dict[str, Any] = {"current_node_id": answer.message_id, "updated_at": now}
+        if answer.upstream_conversation_id:
+            moved["upstream_id"] = answer.upstream_conversation_id
+        row = {
+            "id": answer.message_id,
+            "content": answer.text,
+            "status": status,
+            "end_turn": answer.end_turn if status != IN_PROGRESS else None,
+            "model": answer.model,
+            "finish_details": answer.finish_details,
+            "upstream_id": answer.upstream_message_id,
+            "prompt_tokens": answer.prompt_tokens,
+            "completion_tokens": answer.completion_tokens,
+            "response_fields": turn.record,
+            "answer_details": _details(turn, answer),
+            "lease_expires_at": self.leases.expiry(now) if status == IN_PROGRESS else None,
+        }
+        if not answer.stored:
+            row.update(conversation_id=turn.conversation_id, parent_id=turn.user_message_id,
+                       role="assistant", created_at=now)
+        mirrored = bool(answer.upstream_message_id)  # the upstream keeps messages under our ids
+        with UnitOfWork(self._db, one_statement=not mirrored) as uow:
             repo = uow.conversations
-            moved: dict[str, Any] = {"current_node_id": answer.message_id, "updated_at": now}
-            if answer.upstream_conversation_id:
-                moved["upstream_id"] = answer.upstream_conversation_id
-            if not repo.touch(turn.conversation_id, **moved):
-                return  # deleted while the upstream was answering: nothing to keep
-            fields = {
-                "content": answer.text,
-                "status": status,
-                "end_turn": answer.end_turn if status != IN_PROGRESS else None,
-                "model": answer.model,
-                "finish_details": answer.finish_details,
-                "upstream_id": answer.upstream_message_id,
-                "prompt_tokens": answer.prompt_tokens,
-                "completion_tokens": answer.completion_tokens,
-                "response_fields": turn.record,
-                "answer_details": _details(turn, answer),
-                "lease_expires_at": self.leases.expiry(now) if status == IN_PROGRESS else None,
-            }
-            if answer.upstream_message_id:  # the upstream keeps messages under our ids
+            if not repo.place_answer(turn.conversation_id, moved, row, new=not answer.stored):
+                return
+            if mirrored:
                 repo.update_message(turn.user_message_id, upstream_id=turn.request.user_message_id)
-            if answer.stored:
-                repo.update_message(answer.message_id, **fields)
-            else:
-                repo.add_message(
-                    id=answer.message_id,
-                    conversation_id=turn.conversation_id,
-                    parent_id=turn.user_message_id,
-                    role="assistant",
-                    created_at=now,
-                    **fields,
-                )
             uow.commit()
         if not answer.stored:
             answer.created_at = now

@@ -34,13 +34,18 @@ def unavailable(error: BaseException) -> DatabaseUnavailable | None:
 
 
 class UnitOfWork:
-    """One session and its transaction: rolled back on exit unless `commit()` was called."""
+    """One session and its transaction: rolled back on exit unless `commit()` was called.
 
-    def __init__(self, db: Database) -> None:
+    `one_statement`: the work is a single statement, which PostgreSQL runs outside a
+    transaction (atomic alone, committed when it returns); on SQLite nothing changes.
+    """
+
+    def __init__(self, db: Database, *, one_statement: bool = False) -> None:
         self._db = db
+        self._one_statement = one_statement
 
     def __enter__(self) -> UnitOfWork:
-        self.session = self._db.sessions()
+        self.session = (self._db.one_statement_sessions if self._one_statement else self._db.sessions)()
         self.conversations = ConversationRepository(self.session)
         return self
 
