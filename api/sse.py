@@ -82,19 +82,25 @@ class EventPump:
         self._stopped.set()
 
 
+class Interruptible(Protocol):
+    """A stream's reader that a shutdown can end (`EventPump`, and `/v1/chat/completions`' `ChunkPump`)."""
+
+    def interrupt(self, error: ServiceError, settle: float) -> None: ...
+
+
 class LiveStreams:
     """The answers this process is streaming, so that a shutdown ends each with an error event
     (its answer stored as interrupted) instead of cutting it off."""
 
     def __init__(self) -> None:
-        self._pumps: set[EventPump] = set()
+        self._pumps: set[Interruptible] = set()
         self._lock = threading.Lock()
 
-    def add(self, pump: EventPump) -> None:
+    def add(self, pump: Interruptible) -> None:
         with self._lock:
             self._pumps.add(pump)
 
-    def discard(self, pump: EventPump) -> None:
+    def discard(self, pump: Interruptible) -> None:
         with self._lock:
             self._pumps.discard(pump)
 

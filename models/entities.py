@@ -156,7 +156,8 @@ class ChatCompletion(Base):
     metadata_: Mapped[dict[str, str]] = mapped_column("metadata", JSON, default=dict)
     response: Mapped[dict[str, Any]] = mapped_column(JSON)
     """The completion object as the upstream answered, each choice's `message` replaced by
-    the `message_id` of its node."""
+    the `message_id` of its node; under `request`, what the request said beside its messages
+    (`tools`, `tool_choice`, `response_format`, sampling, `input_user`), as OpenAI shows it."""
 
     __table_args__ = (Index("ix_chat_completions_owner_created", "owner", "created_at", "id"),)
 

@@ -32,6 +32,7 @@ from services.errors import (
 )
 from services.metrics import Metrics
 from services.providers.base import ChatMessage, Provider, ReplyChunk, ReplyRequest, Sampling
+from services.providers.fallback import check_served
 from services.titles import TitleWriter
 from services.unit_of_work import UnitOfWork
 
@@ -235,6 +236,7 @@ class AskService:
                 param=name,
             )
         provider = self._require_provider()
+        check_served(provider, question.model or provider.default_model)
         turn = self._store_question(owner, question, said, provider)
         return self._answer(turn, provider, write_early=write_early and question.store)
 

@@ -11,7 +11,8 @@ continued chat is one conversation, and an edit or a regenerate is a branch in i
 Nothing is written before the upstream answers: the request's new messages, the answer
 and the stored completion are written together in one unit of work, once the answer is
 whole, or broken off (then as far as it got, marked unfinished); a refused request
-leaves nothing behind.
+leaves nothing behind. What goes upstream is fitted into the model's context window
+(`services/completion_context.py`); what is stored is the client's dialogue, whole.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -29,7 +30,16 @@ from services import ids, tokens
 from services.asking import FINISHED, INTERRUPTED, AskService
 from services.chatgpt_format import message_document
 from services.completion_chunks import CompletionBuilder
-from services.errors import ChatCompletionNotFound, NotFound, UpstreamError, UpstreamNotConfigured
+from services.completion_context import fit_messages
+from services.context_window import ContextFitter
+from services.errors import (
+    ChatCompletionNotFound,
+    InvalidRequest,
+    NotFound,
+    ServiceError,
+    UpstreamError,
+    UpstreamNotConfigured,
+)
 from services.items import Page, page_of
 from services.message_paths import first_hash, is_plain, message_text, next_hash, path_hashes
 from services.metrics import Metrics
@@ -41,6 +51,7 @@ from services.providers.base import (
     ReplyRequest,
     Role,
 )
+from services.providers.fallback import check_served
 from services.titles import TitleWriter
 from services.unit_of_work import UnitOfWork
 
@@ -50,6 +61,21 @@ ORIGINAL_KEY = "chat_completion_message"
 """Where a stored node's `original` keeps the message as the client or upstream sent it."""
 STEP = timedelta(microseconds=1)
 """Between the creation times of nodes written together, so they sort parent first."""
+REQUEST_FIELDS = {
+    "tools": "tools",
+    "tool_choice": "tool_choice",
+    "response_format": "response_format",
+    "seed": "seed",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "user": "input_user",
+}
+"""What a stored completion says of its request beside the messages, as OpenAI's does (each
+null when the request had none): the request's field, and its name in the stored object."""
+REQUEST_KEY = "request"
+"""Where the stored response keeps those fields."""
 
 
 @dataclass(frozen=True)
@@ -79,10 +105,21 @@ class Exchange:
     answer_id: uuid.UUID = field(default_factory=uuid.uuid4)
     message_ids: list[uuid.UUID] = field(default_factory=list)
     """Ids of the request's messages that are new here (those past `placement.seen`)."""
+    sent: list[dict[str, Any]] | None = None
+    """The messages as they go upstream, when fitting the context left some out or cut one."""
+    sent_seen: int = 0
+    """How many of `sent` come from the first `seen` messages."""
+    context: dict[str, Any] | None = None
+    """How the context was fitted (the answer's metadata), when it did not go whole."""
 
     @property
     def messages(self) -> list[dict[str, Any]]:
+        """The request's messages, whole: what is stored."""
         return cast(list[dict[str, Any]], self.body["messages"])
+
+    @property
+    def upstream_messages(self) -> list[dict[str, Any]]:
+        return self.messages if self.sent is None else self.sent
 
     @property
     def seen(self) -> int:
@@ -90,14 +127,15 @@ class Exchange:
 
     def upstream_request(self) -> CompletionRequest:
         """What the provider is sent. An upstream that keeps conversations continues its own
-        where the stored path carries its ids; elsewhere it is sent every message."""
+        where the stored path carries its ids; elsewhere it is sent every message (fitted)."""
+        body = self.body if self.sent is None else {**self.body, "messages": self.sent}
         placement = self.placement
         if placement is None or placement.upstream_parent_id is None:
-            return CompletionRequest(body=self.body, user_message_id=str(self.message_ids[-1]))
+            return CompletionRequest(body=body, user_message_id=str(self.message_ids[-1]))
         return CompletionRequest(
-            body=self.body,
+            body=body,
             user_message_id=str(self.message_ids[-1]),
-            seen=placement.seen,
+            seen=placement.seen if self.sent is None else self.sent_seen,
             upstream_conversation_id=placement.upstream_conversation_id,
             upstream_parent_id=placement.upstream_parent_id,
         )
@@ -148,6 +186,8 @@ class ChatCompletionService:
         titles: TitleWriter,
         store: bool = True,
         unconfigured_reason: str = "",
+        max_prompt_chars: int | None = None,
+        context: ContextFitter | None = None,
     ) -> None:
         self._db = db
         self._provider = provider
@@ -156,6 +196,9 @@ class ChatCompletionService:
         self._titles = titles
         self._store = store
         self._unconfigured_reason = unconfigured_reason
+        self._max_prompt_chars = max_prompt_chars
+        self._context = context
+        """Fits each request into its model's window (None: the messages go as sent)."""
 
     # -- answering -----------------------------------------------------------
 
@@ -166,8 +209,8 @@ class ChatCompletionService:
         started = time.perf_counter()
         try:
             event = provider.complete(exchange.upstream_request())
-        except UpstreamError as error:
-            self._metrics.upstream_errors.labels(provider.name, error.code).inc()
+        except ServiceError as error:
+            self._count_failure(provider, error)
             raise
         finally:
             self._metrics.upstream_seconds.labels(provider.name).observe(time.perf_counter() - started)
@@ -191,12 +234,14 @@ class ChatCompletionService:
         self, exchange: Exchange, provider: Provider, events: Iterator[CompletionEvent]
     ) -> Iterator[dict[str, Any]]:
         builder, last = CompletionBuilder(), CompletionEvent({})
+        upstream = None
         started = time.perf_counter()
         try:
             for last in events:
                 if not builder.envelope:
                     first_token = self._metrics.upstream_first_token_seconds.labels(provider.name)
                     first_token.observe(time.perf_counter() - started)
+                upstream = upstream or last.upstream
                 builder.add(last.data)
                 yield {**last.data, "id": exchange.client_id}
             wants_usage = (exchange.body.get("stream_options") or {}).get("include_usage") is True
@@ -204,8 +249,8 @@ class ChatCompletionService:
                 builder.usage = self._estimate(exchange, builder.completion())
                 if wants_usage:
                     yield self._usage_chunk(exchange, builder)
-        except UpstreamError as error:
-            self._metrics.upstream_errors.labels(provider.name, error.code).inc()
+        except ServiceError as error:
+            self._count_failure(provider, error)
             raise
         finally:
             events.close()  # type: ignore[attr-defined]
@@ -216,7 +261,7 @@ class ChatCompletionService:
                     completion["usage"] = self._estimate(exchange, completion)
                 self._observe_tokens(provider, completion["usage"])
                 if exchange.store:
-                    self._save(exchange, completion, last, finished=builder.finished)
+                    self._save(exchange, completion, replace(last, upstream=upstream), finished=builder.finished)
         if not builder.finished:
             unfinished = UpstreamError("The upstream ended the answer without finishing it.")
             self._metrics.upstream_errors.labels(provider.name, unfinished.code).inc()
@@ -240,10 +285,16 @@ class ChatCompletionService:
             raise UpstreamNotConfigured(self._unconfigured_reason)
         return self._provider
 
+    def _count_failure(self, provider: Provider, error: ServiceError) -> None:
+        """Count what the upstream failed or refused (a refusal passed on to the client too,
+        by its kind: the upstream's own codes are not bounded); not this service's refusals."""
+        if isinstance(error, UpstreamError) or "upstream_status" in error.details:
+            self._metrics.upstream_errors.labels(provider.name, type(error).code).inc()
+
     @staticmethod
     def _estimate(exchange: Exchange, completion: dict[str, Any]) -> dict[str, int]:
         """Usage counted with a tokenizer, for an upstream that reports none."""
-        prompt = tokens.count_prompt(_chat_messages(exchange.messages))
+        prompt = tokens.count_prompt(_chat_messages(exchange.upstream_messages))
         answer = sum(
             tokens.count_text(message_text((choice.get("message") or {}).get("content")))
             for choice in completion.get("choices") or ()
@@ -257,23 +308,58 @@ class ChatCompletionService:
     # -- threading -------------------------------------------------------------
 
     def _prepare(self, owner: str, body: dict[str, Any], provider: Provider) -> Exchange:
-        """The request as it goes upstream, and where it will be stored."""
+        """The request as it goes upstream, and where it will be stored; what is refused
+        (a message too long, a model no upstream serves) is refused here, before anything else."""
+        self._check_lengths(body["messages"])
         upstream = {key: value for key, value in body.items() if key not in KEPT_HERE}
         upstream["model"] = body.get("model") or provider.default_model
+        check_served(provider, upstream["model"])
         store = self._store and body.get("store") is not False
         exchange = Exchange(
             owner=owner,
             body=upstream,
             store=store,
             metadata=body.get("metadata") or {},
-            hashes=path_hashes(owner, upstream["messages"]) if store else [],
+            hashes=path_hashes(owner, upstream["messages"]) if store or self._context is not None else [],
             placement=None,
             requested_at=utcnow(),
         )
         if store:
             exchange.placement = self._place(owner, exchange.messages, exchange.hashes)
         exchange.message_ids = [uuid.uuid4() for _ in exchange.messages[exchange.seen :]]
+        if self._context is not None:
+            self._fit(exchange)
         return exchange
+
+    def _check_lengths(self, messages: list[dict[str, Any]]) -> None:
+        """MAX_PROMPT_CHARS, for each message's text (what `ask` applies to its prompt)."""
+        limit = self._max_prompt_chars
+        if limit is None:
+            return
+        for index, message in enumerate(messages):
+            size = len(message_text(message.get("content")))
+            if size > limit:
+                raise InvalidRequest(
+                    f"messages[{index}].content: at most {limit} characters (MAX_PROMPT_CHARS); this one has {size}.",
+                    param=f"messages[{index}].content",
+                )
+
+    def _fit(self, exchange: Exchange) -> None:
+        """Leave out of what goes upstream the oldest turns the model's window has no room for."""
+        assert self._context is not None
+        body = exchange.body
+        max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+        fitted = fit_messages(
+            self._context,
+            exchange.messages,
+            model=body["model"],
+            max_tokens=max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else None,
+            seen=exchange.seen,
+            keys=exchange.hashes,
+            what=f"chat completion {exchange.client_id}",
+        )
+        if fitted.fitted.changed:
+            exchange.sent, exchange.sent_seen, exchange.context = fitted.messages, fitted.seen, fitted.fitted.details()
 
     def _place(self, owner: str, messages: list[dict[str, Any]], hashes: list[str]) -> Placement | None:
         """Below the deepest stored node the request shares with a stored exchange of the owner.
@@ -343,7 +429,7 @@ class ChatCompletionService:
             response = {**completion, "choices": [
                 {**{k: v for k, v in choice.items() if k != "message"}, "message_id": str(row["id"])}
                 for choice, row in zip(completion["choices"], stored)
-            ]}
+            ], REQUEST_KEY: {name: exchange.body.get(field) for field, name in REQUEST_FIELDS.items()}}
             repo.add_chat_completion(
                 id=exchange.answer_id,
                 owner=owner,
@@ -384,6 +470,9 @@ class ChatCompletionService:
         """A node per choice, the first with the stored completion's id, the usage and the
         upstream's message id."""
         usage = completion.get("usage") or {}
+        details = {"upstream": event.upstream} if event.upstream else {}
+        if exchange.context:
+            details["context"] = exchange.context
         rows = []
         for index, choice in enumerate(completion["choices"]):
             message = choice.get("message") or {"role": "assistant", "content": None}
@@ -404,6 +493,7 @@ class ChatCompletionService:
                 upstream_id=event.upstream_message_id if first else None,
                 prompt_tokens=usage.get("prompt_tokens") if first else None,
                 completion_tokens=usage.get("completion_tokens") if first else None,
+                answer_details=details or None,
             )
             rows.append(row)
         return rows
@@ -491,7 +581,8 @@ def _choice_ids(row: Any) -> list[uuid.UUID]:
 
 
 def _completion(row: Any, nodes: dict[uuid.UUID, Any]) -> dict[str, Any]:
-    """A stored completion as OpenAI's `chat.completion`, with its `metadata`."""
+    """A stored completion as OpenAI's `chat.completion`, with its `metadata` and what it says
+    of the request (`tools`, `tool_choice`, ...)."""
     response = dict(row.response)
     choices = []
     for choice in response.pop("choices", None) or ():
@@ -499,7 +590,9 @@ def _completion(row: Any, nodes: dict[uuid.UUID, Any]) -> dict[str, Any]:
         shown = {key: value for key, value in choice.items() if key != "message_id"}
         choices.append({**shown, "message": chat_message(node) if node is not None else None})
     response.pop("id", None)
-    return {"id": ids.encode(ids.CHAT_COMPLETION, row.id), **response, "choices": choices, "metadata": row.metadata}
+    request = response.pop(REQUEST_KEY, None) or dict.fromkeys(REQUEST_FIELDS.values())
+    completion_id = ids.encode(ids.CHAT_COMPLETION, row.id)
+    return {"id": completion_id, **response, **request, "choices": choices, "metadata": row.metadata}
 
 
 def _node(
@@ -528,6 +621,7 @@ def _node(
         "upstream_id": None,
         "prompt_tokens": None,
         "completion_tokens": None,
+        "answer_details": None,
         "path_hash": path_hash,
         **answer,
         "original": None,

@@ -71,6 +71,7 @@ def build_services(settings: Settings) -> Services:
         provider, reason = None, error.message
         log.warning("%s 'ask' answers 503 until then.", reason)
     titles = TitleWriter(database, provider, enabled=settings.generate_titles)
+    context = build_context_fitter(settings, database, provider, metrics)
     asking = AskService(
         database,
         provider,
@@ -80,7 +81,7 @@ def build_services(settings: Settings) -> Services:
         system_prompt=settings.system_prompt,
         max_prompt_chars=settings.max_prompt_chars,
         leases=AnswerLeases(database, settings.answer_lease_seconds),
-        context=build_context_fitter(settings, database, provider, metrics),
+        context=context,
     )
     conversations = ConversationService(database, provider)
     limited = settings.rate_limit or settings.max_streams_per_key
@@ -103,6 +104,8 @@ def build_services(settings: Settings) -> Services:
             titles=titles,
             store=settings.store_chat_completions,
             unconfigured_reason=reason,
+            max_prompt_chars=settings.max_prompt_chars,
+            context=context,
         ),
         models=ModelCatalog(provider, ttl=settings.models_cache_seconds, unconfigured_reason=reason),
         responses=ResponseService(database, asking, one_message_upstream=settings.llm_provider == "chatgpt"),

@@ -1,5 +1,8 @@
 """Each request's context fitted into its model's window, by `CONTEXT_STRATEGY`.
 
+The window is that of the model that answers: with `UPSTREAMS`, where an upstream may be
+asked for a stand-in model, the smallest window of the models a request may be answered by.
+
 `truncate`: the oldest turns are left out (`ContextBudget.truncate`).
 
 `summarize`: the left-out part is summarised once by the upstream and the summary kept on
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -59,17 +62,26 @@ class ContextFitter:
         metrics: Metrics,
         strategy: Strategy = "truncate",
         summarizer: Provider | None = None,
+        answering: Callable[[str], Sequence[str]] | None = None,
     ) -> None:
+        """`answering(model)`: the models a request for `model` may be answered by (stand-ins of
+        `UPSTREAMS` among them); the context fits the smallest of their windows."""
         self.budget = budget
         self._db = db
         self._metrics = metrics
         self.strategy = strategy
         self._summarizer = summarizer if strategy == "summarize" else None
+        self._answering = answering
+
+    def limit(self, model: str, max_tokens: int | None = None) -> int:
+        """The tokens a request for `model` may send: the least of the models that may answer it."""
+        models = (self._answering(model) if self._answering is not None else None) or (model,)
+        return min(self.budget.limit(name, max_tokens) for name in models)
 
     def fit(self, request: ReplyRequest, path: Sequence[Any], *, keep: bool = True) -> tuple[ReplyRequest, Fitted]:
         """`request` with its messages fitted, and what was done. `path` is the stored nodes the
         messages come from (for their summaries); with `keep` False no summary is stored."""
-        limit = self.budget.limit(request.model, request.sampling.max_tokens)
+        limit = self.limit(request.model, request.sampling.max_tokens)
         counts = self.budget.counts(request.messages)
         total = self.budget.total(counts)
         if total <= limit:
@@ -79,8 +91,14 @@ class ContextFitter:
             fitted = self._summarized(request, counts, limit, path, keep=keep)
         if fitted is None:
             fitted = self.budget.truncate(request.messages, limit, counts)
-        self._observe(request, fitted)
+        self.observe(f"message {request.user_message_id}", request.model, fitted)
         return replace(request, messages=fitted.messages), fitted
+
+    def truncate(self, messages: Sequence[ChatMessage], model: str, max_tokens: int | None) -> Fitted:
+        """`messages` fitted by leaving out the oldest turns, whatever the strategy: for a context
+        that is no stored path, so has no node to keep a summary on (Chat Completions). The
+        caller `observe`s what it sends in the end."""
+        return self.budget.truncate(messages, self.limit(model, max_tokens))
 
     # -- summaries -------------------------------------------------------------
 
@@ -153,7 +171,7 @@ class ContextFitter:
             instruction += f"\n\nThe summary of what came before them, to carry on from:\n{previous}"
         max_tokens = self._summary_tokens(limit)
         asked = [ChatMessage(role="system", content=instruction), *messages, ChatMessage(role="user", content=SUMMARY_REQUEST)]
-        fitted = self.budget.truncate(asked, self.budget.limit(model, max_tokens))
+        fitted = self.budget.truncate(asked, self.limit(model, max_tokens))
         request = ReplyRequest(
             messages=fitted.messages, model=model, user_message_id=str(uuid.uuid4()), sampling=Sampling(max_tokens=max_tokens)
         )
@@ -169,14 +187,15 @@ class ContextFitter:
         self._metrics.context_summaries.labels("made" if summary else "failed").inc()
         return summary or None
 
-    def _observe(self, request: ReplyRequest, fitted: Fitted) -> None:
+    def observe(self, what: str, model: str, fitted: Fitted) -> None:
+        """Count and log a context that was fitted (`what`: the message or request it is for)."""
         strategy = "summarize" if fitted.summarized else "truncate"
         self._metrics.context_truncations.labels(strategy).inc()
         self._metrics.context_messages_left_out.labels(strategy).inc(fitted.left_out)
         log.info(
-            "context of message %s fitted to %s's budget of %d tokens: %d message(s) left out%s%s",
-            request.user_message_id,
-            request.model,
+            "context of %s fitted to %s's budget of %d tokens: %d message(s) left out%s%s",
+            what,
+            model,
             fitted.budget,
             fitted.left_out,
             ", summarised" if fitted.summarized else "",
@@ -201,4 +220,7 @@ def build_context_fitter(
         default_window=settings.default_context_window,
         reserve=settings.context_reserve_tokens,
     )
-    return ContextFitter(budget, db=db, metrics=metrics, strategy=settings.context_strategy, summarizer=summarizer)
+    answering = provider.context_models if isinstance(provider, FallbackProvider) else None
+    return ContextFitter(
+        budget, db=db, metrics=metrics, strategy=settings.context_strategy, summarizer=summarizer, answering=answering
+    )

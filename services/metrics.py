@@ -95,7 +95,8 @@ class Metrics:
         )
         self.upstream_errors = Counter(
             "gpt_api_upstream_errors",
-            "Upstream calls that failed, by provider and error code.",
+            "Upstream calls that failed, by provider and error code; with the upstream's refusals "
+            "that /v1/chat/completions passes on (by their kind).",
             ["provider", "code"],
             registry=registry,
         )

@@ -3,6 +3,7 @@ summaries stored and reused per branch; through the services (both databases) an
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -345,6 +346,81 @@ def test_the_answer_s_history_and_metrics_say_what_was_left_out(
     assert metadata["context"]["messages_left_out"] == 11 - len(sent)
     exposition = client.get("/metrics").get_data(as_text=True)
     assert 'gpt_api_context_truncations_total{strategy="truncate"}' in exposition
+
+
+def said(role: str, content: Any, **more: Any) -> dict[str, Any]:
+    return {"role": role, "content": content, **more}
+
+
+def chat_turns(turns: int) -> list[dict[str, Any]]:
+    """A Chat Completions dialogue: a system message, `turns` exchanges, a final question."""
+    messages = [said("system", "Be brief.")]
+    for n in range(turns):
+        messages += [said("user", f"Question {n} about the weather"), said("assistant", f"Answer {n}: sunny and warm")]
+    return [*messages, said("user", "And tomorrow?")]
+
+
+def prompt_tokens(messages: list[dict[str, Any]]) -> int:
+    roles = {"developer": "system", "tool": "assistant"}
+    return tokens.count_prompt([ChatMessage(roles.get(m["role"], m["role"]), str(m["content"] or "")) for m in messages])
+
+
+def completion_node(client: FlaskClient, completion: dict[str, Any]) -> dict[str, Any]:
+    """A chat completion's stored answer, from `msg/history` of whichever conversation holds it."""
+    node_id = str(uuid.UUID(hex=completion["id"].removeprefix("chatcmpl-")))
+    for summary in client.post("/api/chat/conversation", json={}).get_json()["response"]:
+        mapping = history(client, summary["id"])["mapping"]
+        if node_id in mapping:
+            return dict(mapping[node_id]["message"])
+    raise AssertionError(f"no stored answer {completion['id']}")
+
+
+def test_a_chat_completion_sends_the_newest_whole_turns_that_fit_and_stores_them_all(
+    client: FlaskClient, fake_upstream: FakeOpenAI
+) -> None:
+    messages = chat_turns(8)
+    response = client.post("/v1/chat/completions", json={"model": "gpt-test", "messages": messages})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    completion = response.get_json()
+    sent = fake_upstream.requests[-1].body["messages"]
+    assert prompt_tokens(sent) <= 60 and len(sent) < len(messages)
+    assert sent == [messages[0], *messages[len(messages) - len(sent) + 1 :]] and sent[1]["role"] == "user"
+    stored = client.get(f"/v1/chat/completions/{completion['id']}/messages?limit=100").get_json()["data"]
+    assert [m["content"] for m in stored] == [m["content"] for m in messages]  # the client's dialogue, whole
+    context = completion_node(client, completion)["metadata"]["context"]
+    assert context == {"messages_left_out": len(messages) - len(sent), "summarized": False, "cut": False, "budget_tokens": 60}
+    streamed = client.post("/v1/chat/completions", json={"model": "gpt-test", "messages": messages, "stream": True})
+    assert streamed.status_code == 200 and fake_upstream.requests[-1].body["messages"] == sent
+
+
+def test_a_chat_completion_keeps_a_tool_result_with_its_call_and_cuts_only_plain_text(
+    client: FlaskClient, fake_upstream: FakeOpenAI
+) -> None:
+    def tool_loop(arguments: str) -> list[dict[str, Any]]:
+        call = {"id": "call_1", "type": "function", "function": {"name": "forecast", "arguments": arguments}}
+        return [
+            said("user", "What will the weather be tomorrow, and the day after, and the day after that, where I live?"),
+            said("assistant", None, tool_calls=[call]),
+            said("tool", "Tomorrow: rain all day long with strong winds from the west", tool_call_id="call_1"),
+        ]
+
+    fits = tool_loop('{"day": "tomorrow"}')
+    response = client.post("/v1/chat/completions", json={"model": "gpt-test", "messages": [*chat_turns(3)[:-1], *fits]})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert fake_upstream.requests[-1].body["messages"] == [said("system", "Be brief."), *fits[1:]]  # the question left out
+    over = tool_loop(json.dumps({"days": ["tomorrow", "the day after", "the day after that"], "where": "home " * 20}))
+    response = client.post("/v1/chat/completions", json={"model": "gpt-test", "messages": [*chat_turns(3)[:-1], *over]})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert fake_upstream.requests[-1].body["messages"] == [said("system", "Be brief."), *over[1:]]  # never the result alone
+    assert completion_node(client, response.get_json())["metadata"]["context"]["cut"] is False
+
+    huge = " ".join(f"word{n}" for n in range(400))
+    response = client.post("/v1/chat/completions", json={"model": "gpt-test", "messages": [said("user", huge)]})
+    assert response.status_code == 200
+    (sent_message,) = fake_upstream.requests[-1].body["messages"]
+    assert sent_message["content"].startswith("word0 ") and sent_message["content"].endswith(" word399")
+    assert "tokens of this message were cut here" in sent_message["content"] and prompt_tokens([sent_message]) <= 60
+    assert completion_node(client, response.get_json())["metadata"]["context"]["cut"] is True
 
 
 def test_no_budget_for_a_chatgpt_account_alone_which_keeps_its_own_context(db: Database, metrics: Metrics) -> None:

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from config import Settings
 from fakes.chatgpt_backend import FakeChatGPTBackend
 from fakes.openai_upstream import Behaviour, Fail, FakeOpenAI, Hang, Reply, Reset, echo
+from services import tokens
 from services.errors import InvalidRequest, UpstreamError
 from services.metrics import Metrics
 from services.providers import build_provider
@@ -328,6 +329,90 @@ def test_chat_completions_fall_back_json_and_streamed(client: FlaskClient, first
               if line.startswith("data: {")]
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == "Echo: Hi"
     assert len(second.requests) == 2
+
+
+def answer_node(client: FlaskClient, completion_id: str) -> dict[str, Any]:
+    """The stored answer of a chat completion, from `msg/history` of whichever conversation holds it."""
+    node_id = str(uuid.UUID(hex=completion_id.removeprefix("chatcmpl-")))
+    for summary in client.post("/api/chat/conversation", json={}).get_json()["response"]:
+        mapping = history(client, summary["id"])["mapping"]
+        if node_id in mapping:
+            return dict(mapping[node_id]["message"])
+    raise AssertionError(f"no stored answer {completion_id}")
+
+
+def test_chat_completions_record_the_upstream_and_model_that_answered(
+    client: FlaskClient, first: FakeOpenAI, second: FakeOpenAI
+) -> None:
+    first.script(Fail(500, "down"))
+    second.script(Reply(text="From the second", model="gpt-test-0613"))
+    completion = client.post("/v1/chat/completions", json={"model": "gpt-test", "messages": [{"role": "user", "content": "A"}]})
+    metadata = answer_node(client, completion.get_json()["id"])["metadata"]
+    assert (metadata["upstream"], metadata["model_slug"]) == ("second", "gpt-test-0613")
+
+    first.script(Reply(text="one two", chunks=["one ", "two"]))
+    streamed = client.post(
+        "/v1/chat/completions", json={"model": "gpt-test", "messages": [{"role": "user", "content": "B"}], "stream": True}
+    )
+    (completion_id,) = {json.loads(line[6:])["id"] for line in streamed.get_data(as_text=True).splitlines()
+                        if line.startswith("data: {")}
+    metadata = answer_node(client, completion_id)["metadata"]
+    assert (metadata["upstream"], metadata["model_slug"]) == ("first", "gpt-test")
+
+
+def test_a_model_no_upstream_serves_is_refused_before_anything_is_stored(
+    database_url: str, first: FakeOpenAI, second: FakeOpenAI
+) -> None:
+    from app import create_app
+
+    entries = ({"models": ["gpt-test"]}, {"models": ["other-model"]})
+    app: Flask = create_app(make_settings(database_url, None, upstreams=upstreams(first, second, entries)))
+    try:
+        client = app.test_client()
+        started = ask(client, "Hello")
+        refused = [
+            client.post("/api/chat/ask", json={"prompt": "Hi", "model": "unknown"}),
+            client.post("/api/chat/ask", json={"prompt": "Hi", "model": "unknown", "stream": True}),
+            client.post("/api/chat/ask", json={"prompt": "Hi", "model": "unknown", "convo_id": started["conversation_id"]}),
+            client.post("/v1/responses", json={"input": "Hi", "model": "unknown"}),
+            client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}], "model": "unknown"}),
+        ]
+        for response in refused:
+            assert response.status_code == 400, response.get_data(as_text=True)
+            assert "No upstream serves the model 'unknown'" in response.get_data(as_text=True)
+        assert [c["id"] for c in client.post("/api/chat/conversation", json={}).get_json()["response"]] == [
+            started["conversation_id"]
+        ]
+        assert len(history(client, started["conversation_id"])["mapping"]) == 4  # root, system, question, answer
+        assert len(first.requests) == 1 and not second.requests
+    finally:
+        app.services.close()
+
+
+def test_the_context_fits_the_window_of_a_stand_in_model_too(
+    database_url: str, first: FakeOpenAI, second: FakeOpenAI
+) -> None:
+    from app import create_app
+
+    entries = ({"models": ["gpt-test"]}, {"models": ["small-model"], "model": "small-model"})
+    windows = {"gpt-test": 100_000, "small-model": 80}
+    app: Flask = create_app(make_settings(database_url, None, upstreams=upstreams(first, second, entries),
+                                          model_context_windows=windows, context_reserve_tokens=0))
+    try:
+        client = app.test_client()
+        started = ask(client, "Question 0 about the weather")
+        for n in range(1, 6):
+            ask(client, f"Question {n} about the weather", conversation_id=started["conversation_id"])
+        first.script(Fail(503, "overloaded"))
+        last = ask(client, "Question 6 about the weather", conversation_id=started["conversation_id"])
+        sent = second.requests[-1].body
+        assert sent["model"] == "small-model"
+        assert tokens.count_prompt([ChatMessage(m["role"], m["content"]) for m in sent["messages"]]) <= 80
+        metadata = history(client, started["conversation_id"])["mapping"][last["parent_id"]]["message"]["metadata"]
+        assert metadata["upstream"] == "second" and metadata["context"]["budget_tokens"] == 80
+        assert metadata["context"]["messages_left_out"] == 13 - len(sent["messages"])
+    finally:
+        app.services.close()
 
 
 def test_stopping_the_first_upstream_mid_stream_costs_only_that_stream(

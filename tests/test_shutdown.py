@@ -77,6 +77,33 @@ def test_sigterm_ends_a_stream_outlasting_the_graceful_timeout_with_an_error_and
     assert "Traceback" not in server.output
 
 
+def test_sigterm_ends_a_chat_completion_stream_too_and_keeps_it(database_url: str, fake_upstream: FakeOpenAI) -> None:
+    fake_upstream.script(Reply(text=FULL, chunks=PIECES, chunk_delay=0.1))
+    server = ServerProcess(server_env(database_url, fake_upstream, GRACEFUL_TIMEOUT="2")).start()
+    lines: list[str] = []
+    exit_code: list[int] = []
+    stopping = threading.Thread(target=lambda: exit_code.append(server.stop()))
+    body = {"model": "gpt-test", "messages": [{"role": "user", "content": "long"}], "stream": True}
+    try:
+        with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=30) as response:
+            received = response.iter_lines()
+            lines.append(next(line for line in received if line.startswith("data: ")))
+            stopping.start()
+            lines += [line for line in received if line]
+    finally:
+        if stopping.ident is None:
+            server.stop()
+        stopping.join(timeout=30)
+    assert exit_code == [0], server.output
+    events = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
+    assert events[-1]["error"]["code"] == "service_stopping"
+    seen = "".join(e["choices"][0]["delta"].get("content") or "" for e in events[:-1] if e.get("choices"))
+    [(status, content, finish)] = answers(database_url)
+    assert (status, finish) == (INTERRUPTED, "interrupted")
+    assert content.startswith(seen) and FULL.startswith(content) and content != FULL
+    assert "Traceback" not in server.output
+
+
 def test_an_answer_cut_by_a_killed_worker_keeps_its_streamed_text_and_is_marked_interrupted(
     database_url: str, fake_upstream: FakeOpenAI
 ) -> None:

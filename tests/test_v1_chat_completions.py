@@ -22,6 +22,7 @@ from fakes.chatgpt_backend import FakeChatGPTBackend
 from fakes.openai_upstream import Fail, FakeOpenAI, Reply
 from services.api_keys import ApiKeys
 from services.completion_chunks import CompletionBuilder
+from serving import drain
 from services.message_paths import canonical, path_hashes
 from tests.conftest import make_settings
 from tests.helpers import wait_until
@@ -185,6 +186,51 @@ def test_a_stream_passes_through_with_usage_and_is_stored(alice: openai.OpenAI, 
 
 # -- stored completions ---------------------------------------------------------------------
 
+REQUEST_FIELDS = (
+    "tools", "tool_choice", "response_format", "seed", "temperature", "top_p",
+    "presence_penalty", "frequency_penalty", "input_user",
+)
+"""What OpenAI's stored completion says of the request beside its messages."""
+
+
+def test_a_stored_completion_shows_the_request_s_tools_and_settings_as_openai_does(
+    alice: openai.OpenAI, fake_upstream: FakeOpenAI
+) -> None:
+    schema = {"type": "json_schema", "json_schema": {"name": "sum", "schema": {"type": "object"}}}
+    completion = alice.chat.completions.create(
+        model="gpt-test",
+        messages=[user("Add")],
+        tools=TOOLS,
+        tool_choice="auto",
+        response_format=schema,  # type: ignore[arg-type]
+        seed=7,
+        temperature=0.2,
+        top_p=0.9,
+        presence_penalty=0.1,
+        frequency_penalty=0.3,
+        user="end-user-1",
+    )
+    assert not set(REQUEST_FIELDS) & set(completion.model_extra or {})  # the answer is the upstream's
+    stored = alice.chat.completions.retrieve(completion.id).model_extra or {}
+    assert {name: stored.get(name, "missing") for name in REQUEST_FIELDS} == {
+        "tools": TOOLS,
+        "tool_choice": "auto",
+        "response_format": schema,
+        "seed": 7,
+        "temperature": 0.2,
+        "top_p": 0.9,
+        "presence_penalty": 0.1,
+        "frequency_penalty": 0.3,
+        "input_user": "end-user-1",
+    }
+    (listed,) = alice.chat.completions.list().data
+    assert (listed.model_extra or {})["tools"] == TOOLS
+
+    streamed = list(alice.chat.completions.create(model="gpt-test", messages=[user("Plain")], stream=True))
+    plain = alice.chat.completions.retrieve(streamed[0].id).model_extra or {}
+    assert {name: plain.get(name, "missing") for name in REQUEST_FIELDS} == dict.fromkeys(REQUEST_FIELDS)
+
+
 
 def test_stored_completions_are_listed_filtered_updated_and_deleted(
     app: Flask, alice: openai.OpenAI, fake_upstream: FakeOpenAI
@@ -224,6 +270,35 @@ def test_store_false_keeps_nothing(app: Flask, alice: openai.OpenAI, fake_upstre
     assert conversations(app, alice) == []
     with pytest.raises(openai.NotFoundError):
         alice.chat.completions.retrieve(completion.id)
+
+
+@pytest.mark.parametrize("settings_overrides", [{"store_chat_completions": False}])
+def test_a_server_configured_not_to_store_proxies_only(app: Flask, alice: openai.OpenAI) -> None:
+    completion = alice.chat.completions.create(model="gpt-test", messages=[user("Kept?")], store=True)
+    assert completion.choices[0].message.content == "Echo: Kept?"
+    assert list(alice.chat.completions.create(model="gpt-test", messages=[user("Streamed")], stream=True))
+    assert alice.chat.completions.list().data == [] and conversations(app, alice) == []
+    with pytest.raises(openai.NotFoundError):
+        alice.chat.completions.retrieve(completion.id)
+
+
+@pytest.mark.parametrize("settings_overrides", [{"sse_keep_alive_seconds": 0.05, "max_streams_per_key": 1}])
+def test_an_open_stream_holds_the_key_s_answer_slot_until_it_ends(alice: openai.OpenAI, fake_upstream: FakeOpenAI) -> None:
+    fake_upstream.script(Reply(text="a b c", chunks=list("abc"), chunk_delay=0.2))
+    stream = alice.chat.completions.create(model="gpt-test", messages=[user("Slowly")], stream=True)
+    chunks = iter(stream)
+    next(chunks)
+    with pytest.raises(openai.RateLimitError):
+        alice.chat.completions.create(model="gpt-test", messages=[user("Meanwhile")])
+    assert list(chunks)
+
+    def after() -> Any:
+        try:
+            return alice.chat.completions.create(model="gpt-test", messages=[user("After")])
+        except openai.RateLimitError:  # the slot is given back just after the last line is sent
+            return None
+
+    assert wait_until(after).choices
 
 
 # -- threading ----------------------------------------------------------------------------------
@@ -341,6 +416,45 @@ def test_upstream_refusals_keep_their_status_and_bad_requests_name_the_field(
     assert response.status_code == 415 and response.json()["error"]["type"] == "invalid_request_error"
 
 
+def test_upstream_refusals_passed_on_are_counted_as_upstream_errors(
+    app: Flask, alice: openai.OpenAI, fake_upstream: FakeOpenAI
+) -> None:
+    fake_upstream.script(
+        Fail(status=400, message="Bad tool schema."),
+        Fail(status=400, message="Bad tool schema."),
+        Fail(status=429, message="Slow down.", headers={"Retry-After": "1"}),
+    )
+    with pytest.raises(openai.BadRequestError):
+        alice.chat.completions.create(model="gpt-test", messages=[user("x")])
+    with pytest.raises(openai.BadRequestError):
+        alice.chat.completions.create(model="gpt-test", messages=[user("x")], stream=True)
+    with pytest.raises(openai.RateLimitError):
+        alice.chat.completions.create(model="gpt-test", messages=[user("x")])
+    registry = app.services.metrics._registry
+    assert registry is not None
+
+    def counted(code: str) -> float | None:
+        return registry.get_sample_value("gpt_api_upstream_errors_total", {"provider": "openai", "code": code})
+
+    assert (counted("invalid_request"), counted("rate_limited")) == (2.0, 1.0)
+
+
+@pytest.mark.parametrize("settings_overrides", [{"sse_keep_alive_seconds": 0.05, "max_prompt_chars": 20}])
+def test_a_message_over_max_prompt_chars_is_refused_naming_it_before_anything_happens(
+    alice: openai.OpenAI, fake_upstream: FakeOpenAI
+) -> None:
+    at_limit = [user("x" * 20), {"role": "assistant", "content": "y" * 20}]
+    over = {"role": "user", "content": [{"type": "text", "text": "z" * 15}, {"type": "text", "text": "z" * 6}]}
+    with pytest.raises(openai.BadRequestError) as refused:
+        alice.chat.completions.create(model="gpt-test", messages=[*at_limit, over])  # type: ignore[list-item]
+    assert refused.value.param == "messages[2].content"
+    assert "at most 20 characters (MAX_PROMPT_CHARS)" in str(refused.value.message)
+    with pytest.raises(openai.BadRequestError):
+        alice.chat.completions.create(model="gpt-test", messages=[user("z" * 21)], stream=True)
+    assert not fake_upstream.requests and alice.chat.completions.list().data == []
+    assert alice.chat.completions.create(model="gpt-test", messages=[*at_limit, user("z" * 20)]).choices
+
+
 def test_another_keys_completions_are_invisible_and_never_joined(
     app: Flask, alice: openai.OpenAI, bob: openai.OpenAI, fake_upstream: FakeOpenAI
 ) -> None:
@@ -389,6 +503,31 @@ def test_a_stream_the_client_leaves_is_stored_as_far_as_it_got(
     assert 0 < len(stored.choices[0].message.content) < len("abcdef")
     tree = history(app, alice, conversations(app, alice)[0])
     assert node(tree, stored.id)["message"]["status"] == "finished_partial_completion"
+
+
+def test_a_stream_open_when_the_service_stops_ends_with_an_error_and_is_stored_interrupted(
+    app: Flask, alice: openai.OpenAI, fake_upstream: FakeOpenAI
+) -> None:
+    pieces = [f"w{n} " for n in range(60)]
+    fake_upstream.script(Reply(text="".join(pieces), chunks=pieces, chunk_delay=0.05))
+    stream = alice.chat.completions.create(model="gpt-test", messages=[user("Long")], stream=True)
+    chunks = iter(stream)
+    first = next(chunks)
+    drain(app, settle=2.0)  # what SIGTERM does near the end of the graceful timeout
+    received = []
+    with pytest.raises(openai.APIError, match="The service is stopping"):
+        for chunk in chunks:
+            received.append(chunk)
+    assert len(received) < len(pieces)
+    stored = wait_until(lambda: alice.chat.completions.list().data)[0]
+    assert stored.id == first.id and stored.choices[0].finish_reason is None
+    content = stored.choices[0].message.content or ""
+    assert content and "".join(pieces).startswith(content) and len(content) < len("".join(pieces))
+    tree = history(app, alice, conversations(app, alice)[0])
+    message = node(tree, stored.id)["message"]
+    assert (message["status"], message["metadata"]["finish_details"]) == (
+        "finished_partial_completion", {"type": "interrupted"}
+    )
 
 
 # -- the ChatGPT provider ---------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """A Chat Completions stream as server-sent events: the upstream's chunks as they come, keep-alive
-comments while it is silent, `data: [DONE]` at the end, or OpenAI's in-stream error."""
+comments while it is silent, `data: [DONE]` at the end, or OpenAI's in-stream error (also when
+the service stops: the stream is one of the `live_streams` a shutdown ends)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Response
+from flask import Response, current_app
 from prometheus_client import Gauge
 
 from api.context import services
 from api.errors import as_service_error, openai_error_body, status_of
-from api.sse import DONE, HEADERS, KEEP_ALIVE
+from api.sse import DONE, HEADERS, KEEP_ALIVE, LiveStreams, live_streams
+from services.errors import ServiceError
 
 Chunk = dict[str, Any]
 END = object()
@@ -32,7 +34,9 @@ class ChunkPump:
         self._chunks = chunks
         self._queue: queue.Queue[Chunk | BaseException | object] = queue.Queue()
         self._stopped = threading.Event()
-        threading.Thread(target=self._run, name="chunk-pump", daemon=True).start()
+        self._settle = 0.0
+        self._reader = threading.Thread(target=self._run, name="chunk-pump", daemon=True)
+        self._reader.start()
 
     def _run(self) -> None:
         try:
@@ -55,6 +59,16 @@ class ChunkPump:
             return None
 
     def close(self) -> None:
+        """Ask the reader to stop; after an interruption, wait for it (up to the time it was
+        given) to store the answer."""
+        self._stopped.set()
+        self._reader.join(self._settle)
+
+    def interrupt(self, error: ServiceError, settle: float) -> None:
+        """End the stream now with `error`; the reader stops at its next chunk and stores the
+        answer as interrupted, which the response waits for up to `settle` seconds."""
+        self._settle = settle
+        self._queue.put(error)
         self._stopped.set()
 
 
@@ -73,18 +87,23 @@ def _error(error: BaseException) -> str:
 def chunk_stream(chunks: Iterator[Chunk], keep_alive: float) -> Response:
     """The first chunk is awaited, so a refusal still gets its HTTP status."""
     pump = ChunkPump(chunks)
+    streams = live_streams(current_app)
+    streams.add(pump)
     first = pump.get(keep_alive)
     if isinstance(first, BaseException):
+        streams.discard(pump)
         pump.close()
         raise first
     return Response(
-        _lines(pump, first, keep_alive, services().metrics.open_streams),
+        _lines(pump, first, keep_alive, services().metrics.open_streams, streams),
         mimetype="text/event-stream",
         headers=HEADERS,
     )
 
 
-def _lines(pump: ChunkPump, first: object, keep_alive: float, open_streams: Gauge) -> Iterator[str]:
+def _lines(
+    pump: ChunkPump, first: object, keep_alive: float, open_streams: Gauge, streams: LiveStreams
+) -> Iterator[str]:
     """Chunks as they come, then `[DONE]`; an error event instead if the answer breaks off."""
     open_streams.inc()
     try:
@@ -101,4 +120,5 @@ def _lines(pump: ChunkPump, first: object, keep_alive: float, open_streams: Gaug
         yield DONE
     finally:
         open_streams.dec()
+        streams.discard(pump)
         pump.close()

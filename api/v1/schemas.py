@@ -819,9 +819,15 @@ class ChatChoicePayload(TypedDict):
     logprobs: dict[str, Any] | None
 
 
+StoredRequestField = NotRequired[
+    Annotated[Any, Field(description="A stored completion: the request's field of this name (null when not sent).")]
+]
+
+
 @with_config(ConfigDict(extra="allow"))
 class ChatCompletionPayload(TypedDict):
-    """OpenAI's `chat.completion`, as the upstream answered; a stored one also has `metadata`."""
+    """OpenAI's `chat.completion`, as the upstream answered; a stored one also has `metadata`
+    and, as OpenAI's, what its request said beside the messages."""
 
     id: Annotated[str, Field(description="`chatcmpl-<32 hex>`: the stored completion's id (with `store: false`, one that names nothing stored).")]
     object: Literal["chat.completion"]
@@ -830,6 +836,17 @@ class ChatCompletionPayload(TypedDict):
     choices: list[ChatChoicePayload]
     usage: NotRequired[dict[str, Any] | None]
     metadata: NotRequired[dict[str, str]]
+    tools: StoredRequestField
+    tool_choice: StoredRequestField
+    response_format: StoredRequestField
+    seed: StoredRequestField
+    temperature: StoredRequestField
+    top_p: StoredRequestField
+    presence_penalty: StoredRequestField
+    frequency_penalty: StoredRequestField
+    input_user: NotRequired[
+        Annotated[str | None, Field(description="A stored completion: the request's `user` (null when not sent).")]
+    ]
 
 
 CHUNK_STREAM_EVENT: dict[str, Any] = {

@@ -101,6 +101,9 @@ class CompletionEvent:
     data: dict[str, Any]
     upstream_conversation_id: str | None = None
     upstream_message_id: str | None = None
+    upstream: str | None = None
+    """Which of several configured upstreams answered (`UPSTREAMS`; on a stream's first
+    event); None with a single one."""
 
 
 class Provider(Protocol):

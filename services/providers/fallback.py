@@ -67,6 +67,13 @@ class Upstream:
         return self.model
 
 
+def check_served(provider: Provider, model: str) -> None:
+    """Refuse a model no configured upstream serves (an `InvalidRequest` naming `model`), before
+    anything of the request is stored; a single upstream serves any model."""
+    if isinstance(provider, FallbackProvider):
+        provider.routes(model)
+
+
 class FallbackProvider:
     """The configured upstreams, tried in order."""
 
@@ -106,12 +113,17 @@ class FallbackProvider:
             streamed.close()
 
     def complete(self, request: CompletionRequest) -> CompletionEvent:
+        """The completion of the first upstream that answers, naming it."""
         return self._called(
             request.body["model"],
-            lambda upstream, model: upstream.provider.complete(replace(request, body={**request.body, "model": model})),
+            lambda upstream, model: replace(
+                upstream.provider.complete(replace(request, body={**request.body, "model": model})),
+                upstream=upstream.name,
+            ),
         )
 
     def stream_completion(self, request: CompletionRequest) -> Iterator[CompletionEvent]:
+        """The chunks of the first upstream that starts answering; the first names it."""
         streamed = self._streamed(
             request.body["model"],
             lambda upstream, model: upstream.provider.stream_completion(
@@ -119,7 +131,11 @@ class FallbackProvider:
             ),
         )
         try:
-            for _upstream, _model, event in streamed:
+            first = True
+            for upstream, _model, event in streamed:
+                if first:
+                    event = replace(event, upstream=upstream.name)
+                    first = False
                 yield event
         finally:
             streamed.close()
@@ -174,18 +190,24 @@ class FallbackProvider:
 
     # -- trying in order -------------------------------------------------------------
 
-    def _routes(self, model: str) -> list[tuple[Upstream, str]]:
-        """The upstreams serving `model`, in order, each with the model it is asked for."""
+    def routes(self, model: str) -> list[tuple[Upstream, str]]:
+        """The upstreams serving `model`, in order, each with the model it is asked for; an
+        `InvalidRequest` naming `model` when none does."""
         routes = [(upstream, asked) for upstream in self.upstreams if (asked := upstream.asked_model(model))]
         if not routes:
             raise InvalidRequest(f"No upstream serves the model '{model}' (see UPSTREAMS).", param="model")
         return routes
 
+    def context_models(self, model: str) -> list[str]:
+        """The models a request for `model` may be answered by, among the upstreams that are sent
+        its context (a ChatGPT account keeps its own): whose windows bound that context."""
+        return list(dict.fromkeys(asked for upstream, asked in self.routes(model) if not upstream.keeps_conversations))
+
     def _streamed(
         self, model: str, start: Callable[[Upstream, str], Iterator[T]]
     ) -> Iterator[tuple[Upstream, str, T]]:
         """The items of the first upstream that yields one, with that upstream and its model."""
-        routes = self._routes(model)
+        routes = self.routes(model)
         failure: ServiceError | None = None
         for upstream, asked in routes:
             admitted = self._admit(upstream)
@@ -219,7 +241,7 @@ class FallbackProvider:
 
     def _called(self, model: str, call: Callable[[Upstream, str], T]) -> T:
         """The result of the first upstream that answers the call."""
-        routes = self._routes(model)
+        routes = self.routes(model)
         failure: ServiceError | None = None
         for upstream, asked in routes:
             admitted = self._admit(upstream)

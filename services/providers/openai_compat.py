@@ -63,8 +63,9 @@ PASSED_ON = {400: InvalidRequest, 404: NotFound, 409: InvalidRequest, 413: Inval
 
 def passed_on(error: openai.APIError) -> ServiceError:
     """For a request the client wrote (`/v1/chat/completions`): the upstream's refusal of it,
-    with the upstream's message, `param`, `code` and status (429 with its Retry-After);
-    the upstream's other failures (its key, its faults) as `upstream_failure`."""
+    with the upstream's message, `param`, `code` and status (429 with its Retry-After), and
+    `upstream_status` in its details (it is the upstream's, not this service's); the
+    upstream's other failures (its key, its faults) as `upstream_failure`."""
     if not isinstance(error, openai.APIStatusError):
         return upstream_failure(error)
     status = error.status_code
@@ -73,9 +74,11 @@ def passed_on(error: openai.APIError) -> ServiceError:
     param = detail.get("param") if isinstance(detail.get("param"), str) else None
     refusal: ServiceError
     if status == 429:
-        refusal = RateLimited(message, retry_after=retry_after(error.response.headers), param=param)
+        refusal = RateLimited(
+            message, retry_after=retry_after(error.response.headers), param=param, upstream_status=status
+        )
     elif status in PASSED_ON:
-        refusal = PASSED_ON[status](message, param=param)
+        refusal = PASSED_ON[status](message, param=param, upstream_status=status)
     else:
         return upstream_failure(error)
     if isinstance(detail.get("code"), str):
