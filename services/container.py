@@ -70,7 +70,7 @@ def build_services(settings: Settings) -> Services:
     except UpstreamNotConfigured as error:
         provider, reason = None, error.message
         log.warning("%s 'ask' answers 503 until then.", reason)
-    titles = TitleWriter(database, provider, enabled=settings.generate_titles)
+    titles = TitleWriter(database, provider, enabled=settings.generate_titles, metrics=metrics)
     context = build_context_fitter(settings, database, provider, metrics)
     asking = AskService(
         database,

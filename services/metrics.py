@@ -151,6 +151,12 @@ class Metrics:
             ["strategy"],
             registry=registry,
         )
+        self.titles_dropped = Counter(
+            "gpt_api_titles_dropped",
+            "Conversation titles not generated because answers kept the upstream busy, by reason.",
+            ["reason"],
+            registry=registry,
+        )
         self.context_summaries = Counter(
             "gpt_api_context_summaries",
             "Summaries of left-out context (CONTEXT_STRATEGY=summarize): made, reused or failed.",

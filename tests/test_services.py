@@ -4,6 +4,7 @@ in-process provider, on SQLite and PostgreSQL (no Flask, no HTTP)."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -13,10 +14,11 @@ from sqlalchemy import func, select
 
 from models.db import Database
 from models.entities import Conversation, Message
-from services.asking import INTERRUPTED, AskService, Question
+from services.asking import INTERRUPTED, Answer, AskService, Question
 from services.conversations import ConversationService
 from services.errors import ConversationNotFound, DatabaseUnavailable, ParentNotFound, UpstreamError
 from services.metrics import Metrics
+from services.providers.base import ReplyRequest
 from services.titles import TitleWriter
 from services.unit_of_work import UnitOfWork
 from tests.helpers import wait_until
@@ -230,6 +232,52 @@ def test_titles_are_written_in_the_background_unless_renamed_first(
         wait_until(lambda: conversations.history("", named.conversation_id)["title"] == "About Penguins")
     finally:
         titles.close()
+
+
+class SlowTitles(ScriptedProvider):
+    """Titles that take a while, as from a busy upstream."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def generate_title(self, request: ReplyRequest, answer: str) -> str | None:
+        time.sleep(self.seconds)
+        return super().generate_title(request, answer)
+
+
+def titled(conversations: ConversationService, answers: list[Answer]) -> list[str]:
+    return [conversations.history("", a.conversation_id)["title"] for a in answers]
+
+
+def test_titles_that_cannot_keep_up_are_dropped_counted_and_never_late(
+    db: Database, conversations: ConversationService
+) -> None:
+    provider, metrics = SlowTitles(0.3), Metrics()
+    titles = TitleWriter(db, provider, enabled=True, metrics=metrics, concurrency=1, max_waiting=2, max_age=0.5)
+    asking = AskService(db, provider, metrics=metrics, titles=titles)
+    try:
+        answers = [asking.ask("", Question(f"Topic {n}")) for n in range(6)]
+        started = time.monotonic()
+        titles.close()
+        assert time.monotonic() - started < 2.0  # nothing piled up behind the load
+    finally:
+        titles.close()
+    named = [title for title in titled(conversations, answers) if title != "New chat"]
+    assert 1 <= len(named) <= 3  # the one in progress, and what waited briefly enough
+    dropped = metrics.titles_dropped.labels("queue_full")._value.get() + metrics.titles_dropped.labels("too_late")._value.get()
+    assert dropped == 6 - len(named)
+
+
+def test_titles_all_come_when_the_service_keeps_up(db: Database, conversations: ConversationService) -> None:
+    provider = SlowTitles(0.01)
+    titles = TitleWriter(db, provider, enabled=True, concurrency=2, max_waiting=10, max_age=5.0)
+    asking = AskService(db, provider, metrics=Metrics(), titles=titles)
+    try:
+        answers = [asking.ask("", Question(f"Topic {n}")) for n in range(8)]
+    finally:
+        titles.close()
+    assert titled(conversations, answers) == [f"About Topic {n}" for n in range(8)]
 
 
 def test_an_unreachable_database_is_database_unavailable(unused_port_url: str) -> None:
