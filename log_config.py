@@ -12,6 +12,8 @@ from api.request_log import RequestIdFilter
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
+QUIET_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "openai")
+
 
 def configure_logging(level: str, log_format: Literal["text", "json"]) -> None:
     """Log to stderr at `level`; every line logged during a request carries its request id."""
@@ -29,3 +31,7 @@ def configure_logging(level: str, log_format: Literal["text", "json"]) -> None:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     handler.addFilter(RequestIdFilter(missing=None if log_format == "json" else "-"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    # The HTTP clients log every request to the upstream at INFO: a line per answer that
+    # repeats the request log and costs a formatted write on the hot path (LOG_LEVEL=debug keeps it).
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if level.upper() == "DEBUG" else logging.WARNING)
