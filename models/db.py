@@ -111,12 +111,6 @@ class Database:
             url, pool_size=pool_size, max_overflow=max_overflow, timeout=timeout
         )
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self.one_statement_sessions = self.sessions
-        """For units of work of a single statement: on PostgreSQL outside a transaction (that
-        statement is atomic alone), which spares the BEGIN and COMMIT round trips."""
-        if self.engine.dialect.name == "postgresql":
-            autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
-            self.one_statement_sessions = sessionmaker(autocommit, expire_on_commit=False)
 
     def migrate(self, revision: str = "head", **options: str) -> None:
         """Bring the schema to `revision` (the newest by default); `options` reach the

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from types import TracebackType
+from typing import Any
 
 from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -37,16 +38,26 @@ class UnitOfWork:
     """One session and its transaction: rolled back on exit unless `commit()` was called.
 
     `one_statement`: the work is a single statement, which PostgreSQL runs outside a
-    transaction (atomic alone, committed when it returns); on SQLite nothing changes.
+    transaction (atomic alone, committed when it returns), sparing the BEGIN and COMMIT
+    round trips; on SQLite nothing changes. (psycopg2's `autocommit` switch costs nothing;
+    SQLAlchemy's AUTOCOMMIT isolation level would cost a call into libpq on every checkout.)
     """
 
     def __init__(self, db: Database, *, one_statement: bool = False) -> None:
         self._db = db
-        self._one_statement = one_statement
+        self._one_statement = one_statement and db.engine.dialect.name == "postgresql"
+        self._autocommitted: Any = None
 
     def __enter__(self) -> UnitOfWork:
-        self.session = (self._db.one_statement_sessions if self._one_statement else self._db.sessions)()
+        self.session = self._db.sessions()
         self.conversations = ConversationRepository(self.session)
+        if self._one_statement:
+            try:
+                self._autocommitted = self.session.connection().connection.dbapi_connection
+            except SQLAlchemyError as error:
+                self.session.close()
+                raise unavailable(error) or error from error
+            self._autocommitted.autocommit = True
         return self
 
     def __exit__(
@@ -56,6 +67,8 @@ class UnitOfWork:
         tb: TracebackType | None,
     ) -> None:
         try:
+            if self._autocommitted is not None and not self._autocommitted.closed:
+                self._autocommitted.autocommit = False  # as the pool hands connections out
             self.session.rollback()
             self.session.close()
         except SQLAlchemyError as error:  # the connection died with the transaction
