@@ -60,6 +60,15 @@ def words(text: str) -> tuple[str, ...]:
     return tuple(text[start:end].lower() for start, end in word_spans(text))
 
 
+def word_pattern(term: Term) -> str:
+    """A regular expression (case-insensitive) for the term's words one after another, each
+    whole (the last possibly only begun, for a prefix), anything but letters and digits
+    between them: what PostgreSQL's index matches, read from the raw text."""
+    words = r"[\W_]+".join(map(re.escape, term.words))
+    end = f"{LETTER}*" if term.prefix else f"(?!{LETTER})"
+    return f"(?i)(?<!{LETTER}){words}{end}"
+
+
 @dataclass(frozen=True)
 class Term:
     """One thing a search asks for: a word, a phrase, or a literal string such as `foo_bar.baz()`.

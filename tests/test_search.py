@@ -113,6 +113,34 @@ def test_chinese_japanese_korean_and_thai_match_inside_text(app: Flask, client: 
     assert snippets(client, "京都") == []
 
 
+def test_a_latin_word_written_against_cjk_characters_is_a_word(app: Flask, client: FlaskClient) -> None:
+    """Chinese and Japanese put no space around a Latin word: it is still a word of its own,
+    found whole (not inside a longer word), by prefix and in phrases, and excluded by `-`."""
+    moment = datetime(2025, 3, 1, tzinfo=UTC)
+    texts = ["我们用Python写代码", "東京でRustを書く", "用AI和C写程序", "Pythonic 代码", "pythonista", "先装foo_bar.baz()再说",
+             "用Go写的Web服务"]
+    for age, said in enumerate(texts):  # newest first
+        store(app, said, at=moment - timedelta(seconds=age))
+    title = store(app, "nothing here", title="用Kubernetes部署", at=moment - timedelta(seconds=10))
+    assert snippets(client, "python") == ["我们用**Python**写代码"]
+    assert snippets(client, "RUST") == ["東京で**Rust**を書く"]
+    assert snippets(client, "ai") == ["用**AI**和C写程序"]
+    assert snippets(client, "c") == ["用AI和**C**写程序"]
+    assert snippets(client, "go") == ["用**Go**写的Web服务"]
+    assert snippets(client, "pyth*") == ["我们用**Python**写代码", "**Pythonic** 代码", "**pythonista**"]
+    assert snippets(client, "python 代码") == ["我们用**Python**写**代码**"]
+    assert snippets(client, "代码 -python") == ["Pythonic **代码**"]
+    assert snippets(client, "写 -go") == ["我们用Python**写**代码", "用AI和C**写**程序"]
+    assert snippets(client, "foo_bar.baz()") == ["先装**foo_bar.baz()**再说"]
+    assert snippets(client, "bar.baz") == ["先装foo_**bar.baz**()再说"]
+    assert snippets(client, "web") == ["用Go写的**Web**服务"]
+    assert snippets(client, "pythonic") == ["**Pythonic** 代码"]
+    assert snippets(client, "ython") == [] and snippets(client, "yth*") == []  # whole words only
+    assert [hit["conversation_id"] for hit in search(client, "kubernetes")] == [str(title)]
+    assert search(client, "python", role="assistant") == []
+    assert len(search(client, "python", convo_id=str(title))) == 0
+
+
 def test_code_and_urls_are_found_as_typed(app: Flask, client: FlaskClient) -> None:
     store(app, "call foo_bar.baz() at https://example.com/docs?x=1", "foo bar baz, spaced out", "C++ and C#")
     assert snippets(client, "foo_bar.baz()") == ["call **foo_bar.baz()** at https://example.com/docs?x=1"]
@@ -260,6 +288,37 @@ def test_every_way_to_a_page_gives_the_same_pages(
             after = page[-1]["cursor"]
         assert hits == expected[query], query
     assert len(expected["often"]) == 12 + 36 and len(expected["often 东京"]) == 18
+
+
+@pytest.mark.parametrize("short_grams", [200, 0])
+@pytest.mark.parametrize(("recent", "few", "many"), STRATEGIES)
+def test_words_found_by_either_index_page_as_one_list(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch, recent: dict, few: int, many: int,
+    short_grams: int,
+) -> None:
+    """A Latin word between spaces and one against CJK characters (on SQLite the word index
+    finds the first, the trigram index the second): one order, page after page, under each
+    plan, and with short words looked up in the trigram index or read from the texts."""
+    moment = datetime(2025, 6, 1, tzinfo=UTC)
+    for index in range(8):
+        store(app, f"用Python写第{index}个", f"plain python {index}", "AI助手python", title=f"聊Python {index}",
+              at=moment + timedelta(seconds=index // 3))  # ties in time as well
+    queries = {"python": 8 + 24, "ai": 8, "python -ai": 8 + 16, "pyth*": 8 + 24, "第 python": 8}
+    expected = {query: search(client, query, limit=100) for query in queries}
+    assert {query: len(hits) for query, hits in expected.items()} == queries
+    monkeypatch.setattr(models.search, "RECENT", recent)
+    monkeypatch.setattr(models.search, "FEW_MATCHES", few)
+    monkeypatch.setattr(models.search, "MANY_MATCHES", many)
+    monkeypatch.setattr(models.search, "SHORT_TERM_GRAMS", short_grams)
+    for query in queries:
+        hits, after = [], None
+        while True:
+            page = search(client, query, limit=5, **({"after": after} if after else {}))
+            if not page:
+                break
+            hits += page
+            after = page[-1]["cursor"]
+        assert hits == expected[query], query
 
 
 def test_a_page_may_start_after_any_hit(app: Flask, client: FlaskClient) -> None:
