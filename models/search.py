@@ -87,6 +87,8 @@ class Filters:
     """The tier and key of the hit the page starts after."""
     conversation_id: uuid.UUID | None = None
     role: str | None = None
+    excluded_conversations: frozenset[uuid.UUID] = frozenset()
+    """Conversations whose hits are left out (listing conversations: those already met)."""
 
 
 def find(session: Session, query: Query, filters: Filters, limit: int) -> list[Hit]:
@@ -240,12 +242,15 @@ class _Search:
         return [f"({a}.created_at, {a}.id) < ({at}, {id_})"]
 
     def narrowing(self) -> list[str]:
-        """The caller's filters: one conversation, one role."""
+        """The caller's filters: one conversation, one role, conversations left out."""
         a, filters = self.source.alias, self.filters
+        column = "id" if self.source is TITLES_SOURCE else "conversation_id"
         conditions = []
         if filters.conversation_id is not None:
-            column = "id" if self.source is TITLES_SOURCE else "conversation_id"
             conditions.append(f"{a}.{column} = {self.bind(filters.conversation_id, Uuid())}")
+        if filters.excluded_conversations:
+            excluded = ", ".join(self.bind(id_, Uuid()) for id_ in sorted(filters.excluded_conversations))
+            conditions.append(f"{a}.{column} NOT IN ({excluded})")
         if filters.role is not None:
             conditions.append(f"{a}.role = {self.bind(filters.role)}")
         return conditions

@@ -3,6 +3,10 @@
 A conversation whose title matches is a hit of its own (no message, no role); then come
 the dialogue messages that match. Each hit carries an opaque `cursor`: passed back as
 `after`, the next page starts right below that hit, so pages never repeat or skip one.
+
+Listed by conversation (`GET /v1/conversations?query=`), each matching conversation comes
+once, at the place of its best hit, with that hit; a page continues after a conversation,
+at the place of that conversation's best hit.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from sqlalchemy.orm import Session
 
 from models.db import Database
 from models.entities import Conversation
-from models.search import MESSAGES, TITLES, Filters, Hit, Key, find, indexed_language
-from models.search_text import Term
-from services.errors import ConversationNotFound
+from models.search import Filters, Hit, Key, find, indexed_language
+from models.search_text import Query, Term
+from services.errors import ConversationNotFound, InvalidRequest
+from services.items import ConversationView, Page, view_of
 from services.search_query import parse
 from services.snippets import snippet
 from services.unit_of_work import UnitOfWork
@@ -27,6 +32,8 @@ from services.unit_of_work import UnitOfWork
 log = logging.getLogger(__name__)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+CONVERSATION_BATCH = 20
+"""Hits read at a time while listing conversations, at least (a conversation may have many)."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,14 @@ class SearchHit:
     snippet: str
     created_at: datetime
     cursor: str
+
+
+@dataclass(frozen=True)
+class ConversationMatch:
+    """A conversation a search finds, with its best hit."""
+
+    conversation: ConversationView
+    hit: SearchHit
 
 
 CURSOR_PATTERN = r"^[01]\.-?[0-9]{1,16}\.[0-9a-f]{32}$"
@@ -85,6 +100,63 @@ class SearchService:
             filters = Filters(owner, after, request.conversation_id, request.role)
             found = find(uow.session, query, filters, request.limit)
         return [_hit(hit, query.terms) for hit in found]
+
+    def conversations(
+        self, owner: str, text: str, *, after: uuid.UUID | None, limit: int
+    ) -> Page[ConversationMatch]:
+        """The owner's conversations that match `text`, each once at the place of its best
+        hit (a matching title, else its newest matching message), best first; past the
+        conversation `after`, which must be one of them."""
+        query = parse(text)
+        if not query.included:
+            return Page([], False)  # exclusions alone narrow nothing down
+        with UnitOfWork(self._db) as uow:
+            session = uow.session
+            self._check_language(session)
+            start: tuple[int, Key] | None = None
+            met: set[uuid.UUID] = set()
+            if after is not None:
+                start = self._place(session, query, owner, after)
+                met.add(after)
+            found: list[Hit] = []
+            while len(found) <= limit:
+                wanted = max(limit + 1 - len(found), CONVERSATION_BATCH)
+                batch = find(session, query, Filters(owner, start, excluded_conversations=frozenset(met)), wanted)
+                for hit in batch:
+                    if hit.conversation_id in met:
+                        continue
+                    met.add(hit.conversation_id)
+                    # Past a conversation, a conversation met first may have had a better hit before it.
+                    if after is None or self._best(session, query, owner, hit.conversation_id) == (hit.tier, hit.key):
+                        found.append(hit)
+                if len(batch) < wanted:
+                    break
+                start = (batch[-1].tier, batch[-1].key)
+            page = found[:limit]
+            conversations = uow.conversations.owned_many(owner, [hit.conversation_id for hit in page])
+            views = {conversation.id: view_of(conversation) for conversation in conversations}
+        matches = [ConversationMatch(views[hit.conversation_id], _hit(hit, query.terms)) for hit in page]
+        return Page(matches, len(found) > limit)
+
+    def _place(self, session: Session, query: Query, owner: str, conversation_id: uuid.UUID) -> tuple[int, Key]:
+        """Where the conversation `after` stands in the list: at its best hit."""
+        conversation = session.get(Conversation, conversation_id)
+        if conversation is None or conversation.owner != owner:
+            raise ConversationNotFound(f"after: no conversation {conversation_id}.", param="after")
+        best = self._best(session, query, owner, conversation_id)
+        if best is None:
+            raise InvalidRequest(
+                f"after: conversation {conversation_id} does not match this query; pass the `last_id` of "
+                "the previous page of the same query.",
+                param="after",
+            )
+        return best
+
+    @staticmethod
+    def _best(session: Session, query: Query, owner: str, conversation_id: uuid.UUID) -> tuple[int, Key] | None:
+        """The place of the conversation's best hit, if it has one."""
+        found = find(session, query, Filters(owner, conversation_id=conversation_id), 1)
+        return (found[0].tier, found[0].key) if found else None
 
     def _check_language(self, session: Session) -> None:
         """Warn once when SEARCH_LANGUAGE is not what the index was built with."""
