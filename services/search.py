@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 
 from sqlalchemy.orm import Session
 
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CONVERSATION_BATCH = 20
 """Hits read at a time while listing conversations, at least (a conversation may have many)."""
+LEFT_OUT_AT_MOST = 500
+"""Conversations already met that a read leaves out by id (the latest met): beyond that many,
+their hits are read and skipped, rather than bind thousands of parameters."""
 
 
 @dataclass(frozen=True)
@@ -111,32 +115,35 @@ class SearchService:
         if not query.included:
             return Page([], False)  # exclusions alone narrow nothing down
         with UnitOfWork(self._db) as uow:
-            session = uow.session
-            self._check_language(session)
-            start: tuple[int, Key] | None = None
-            met: set[uuid.UUID] = set()
-            if after is not None:
-                start = self._place(session, query, owner, after)
-                met.add(after)
-            found: list[Hit] = []
-            while len(found) <= limit:
-                wanted = max(limit + 1 - len(found), CONVERSATION_BATCH)
-                batch = find(session, query, Filters(owner, start, excluded_conversations=frozenset(met)), wanted)
-                for hit in batch:
-                    if hit.conversation_id in met:
-                        continue
-                    met.add(hit.conversation_id)
-                    # Past a conversation, a conversation met first may have had a better hit before it.
-                    if after is None or self._best(session, query, owner, hit.conversation_id) == (hit.tier, hit.key):
-                        found.append(hit)
-                if len(batch) < wanted:
-                    break
-                start = (batch[-1].tier, batch[-1].key)
+            self._check_language(uow.session)
+            found = self._best_hits(uow.session, query, owner, after, limit + 1)
             page = found[:limit]
             conversations = uow.conversations.owned_many(owner, [hit.conversation_id for hit in page])
             views = {conversation.id: view_of(conversation) for conversation in conversations}
         matches = [ConversationMatch(views[hit.conversation_id], _hit(hit, query.terms)) for hit in page]
         return Page(matches, len(found) > limit)
+
+    def _best_hits(self, session: Session, query: Query, owner: str, after: uuid.UUID | None, limit: int) -> list[Hit]:
+        """The best hit of each conversation, in order, past the conversation `after`: the
+        hits below its best one, each conversation's first, unless it had a better one
+        above (met on an earlier page). Conversations met are left out of the next reads."""
+        start = self._place(session, query, owner, after) if after is not None else None
+        met = dict.fromkeys([after] if after is not None else [])  # in the order met
+        found: list[Hit] = []
+        while len(found) < limit:
+            wanted = max(limit - len(found), CONVERSATION_BATCH)
+            left_out = frozenset(islice(reversed(met), LEFT_OUT_AT_MOST))
+            batch = find(session, query, Filters(owner, start, excluded_conversations=left_out), wanted)
+            for hit in batch:
+                if hit.conversation_id in met:
+                    continue
+                met[hit.conversation_id] = None
+                if after is None or self._best(session, query, owner, hit.conversation_id) == (hit.tier, hit.key):
+                    found.append(hit)
+            if len(batch) < wanted:
+                break
+            start = (batch[-1].tier, batch[-1].key)
+        return found[:limit]
 
     def _place(self, session: Session, query: Query, owner: str, conversation_id: uuid.UUID) -> tuple[int, Key]:
         """Where the conversation `after` stands in the list: at its best hit."""

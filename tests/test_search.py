@@ -222,6 +222,27 @@ def test_deleted_and_cleared_conversations_never_show_up(app: Flask, client: Fla
     assert snippets(client, "ephemeral") == ["**ephemeral** again"]
 
 
+def test_deleted_messages_leave_the_index_itself(app: Flask, client: FlaskClient, fake_upstream: FakeOpenAI) -> None:
+    """Deleted rows leave the index, not only the results: on SQLite new rows take the
+    freed rowids, which stale index entries would match."""
+    fake_upstream.script(Reply(text="a zebra answer 斑马zebra"), Reply(text="a zebra again"))
+    first = ask(client, "zebra question")
+    ok(post(client, "delete/conversation", {"convo_id": first["conversation_id"]}))
+    second = ask(client, "another zebra")
+    ok(post(client, "clear/conversations", {}))
+    assert second["conversation_id"] != first["conversation_id"]
+    store(app, *[f"lion {n} 狮子" for n in range(8)], title="lion")
+    assert search(client, "zebra") == [] and search(client, "斑马") == []
+    with UnitOfWork(app.services.database) as uow:
+        if uow.session.get_bind().dialect.name == "sqlite":
+            for table, word in [("message_words", "zebra"), ("message_grams", "zebra"), ("conversation_words", "zebra")]:
+                count = f"SELECT count(*) FROM {table} WHERE {table} MATCH :word"
+                assert uow.session.execute(text(count), {"word": word}).scalar_one() == 0, table
+        else:
+            stale = "SELECT count(*) FROM messages WHERE search_vector @@ to_tsquery('simple', 'zebra')"
+            assert uow.session.execute(text(stale)).scalar_one() == 0
+
+
 # -- narrowing and paging ----------------------------------------------------------
 
 

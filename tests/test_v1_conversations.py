@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 from openai.pagination import SyncConversationCursorPage
 from openai.types.conversations import Conversation
 
+import services.search
 from fakes.openai_upstream import FakeOpenAI
 from tests.helpers import ok, post
 from tests.openai_sdk import (  # noqa: F401
@@ -175,9 +176,14 @@ def test_a_query_lists_the_matching_conversations_best_first_each_with_its_best_
     assert "match" not in listed(sdk)["data"][0]  # without a query: the plain list
 
 
+@pytest.mark.parametrize(("batch", "left_out"), [(20, 500), (1, 0)])
 def test_pages_of_a_query_follow_each_other_without_repeats_or_gaps(
-    sdk: openai.OpenAI, client: FlaskClient
+    sdk: openai.OpenAI, client: FlaskClient, monkeypatch: pytest.MonkeyPatch, batch: int, left_out: int
 ) -> None:
+    """Each conversation once, at its best hit, page after page; also when hits are read one
+    at a time and the conversations already met are skipped rather than left out."""
+    monkeypatch.setattr(services.search, "CONVERSATION_BATCH", batch)
+    monkeypatch.setattr(services.search, "LEFT_OUT_AT_MOST", left_out)
     made = [sdk.conversations.create(items=[{"role": "user", "content": f"needle {n}"}]).id for n in range(7)]
     ok(post(as_key(client, sdk), "change/title", {"convo_id": bare(made[3]), "title": "Needle title"}))
     for again in (made[0], made[4], made[1]):  # newer hits move a conversation forward; its older stay behind
@@ -200,9 +206,21 @@ def test_pages_of_a_query_follow_each_other_without_repeats_or_gaps(
     assert last.data == [] and last.has_more is False and last.last_id is None
 
 
-def test_deleted_and_cleared_conversations_leave_the_query_s_list(sdk: openai.OpenAI, client: FlaskClient) -> None:
+def test_deleted_items_responses_and_conversations_leave_the_query_s_list(
+    sdk: openai.OpenAI, client: FlaskClient, fake_upstream: FakeOpenAI
+) -> None:
     first = sdk.conversations.create(items=[{"role": "user", "content": "ephemeral one"}])
     second = sdk.conversations.create(items=[{"role": "user", "content": "ephemeral two"}])
+    walrus = sdk.conversations.items.create(second.id, items=[{"role": "user", "content": "a walrus"}]).data[0]
+    assert [c.id for c in found(sdk, "walrus")] == [second.id]
+    sdk.conversations.items.delete(walrus.id, conversation_id=second.id)
+    assert [c.id for c in found(sdk, "walrus")] == []
+    answer = sdk.responses.create(model=MODEL, input="narwhal", conversation=second.id)
+    assert found(sdk, "narwhal").data[0].match["item_id"] == "msg_" + answer.id.removeprefix("resp_")  # type: ignore[attr-defined]
+    sdk.responses.delete(answer.id)  # the answer, and what is below it
+    assert [c.id for c in found(sdk, "narwhal")] == [second.id]  # the question stays
+    assert found(sdk, "narwhal").data[0].match["role"] == "user"  # type: ignore[attr-defined]
+    assert [c.id for c in found(sdk, "ephemeral")] == [second.id, first.id]
     sdk.conversations.delete(first.id)
     assert [c.id for c in found(sdk, "ephemeral")] == [second.id]
     with pytest.raises(openai.NotFoundError) as raised:
