@@ -411,7 +411,8 @@ def test_hostile_queries_are_taken_literally(app: Flask, client: FlaskClient) ->
 
 def test_any_query_is_answered_and_finds_only_what_it_says(app: Flask) -> None:
     """Fuzzing the parser and both query builders: no error, only the caller's messages,
-    in order, and a message holding a query's words in order is found by them."""
+    in order, the same through the conversation list (`/v1`), and a message holding a
+    query's words in order is found by them."""
     service = app.services.search
     mine = store(app, "alpha beta gamma 東京タワー foo_bar.baz() x'y", owner="me", title="alpha 東京")
     store(app, "alpha beta gamma 東京タワー foo_bar.baz() x'y", owner="someone else", title="alpha 東京")
@@ -425,6 +426,11 @@ def test_any_query_is_answered_and_finds_only_what_it_says(app: Flask) -> None:
         assert hits[: len(titles)] == titles  # titles first
         messages = [(hit.created_at, hit.message_id) for hit in hits[len(titles) :]]
         assert messages == sorted(messages, reverse=True)
+        listed = service.conversations("me", query, after=None, limit=100)
+        assert [found.conversation.id for found in listed.data] == ([mine] if hits else []) and not listed.has_more
+        if hits:
+            assert listed.data[0].hit == hits[0]  # its best hit
+            assert service.conversations("me", query, after=mine, limit=1).data == []
 
     run()
     for query in ["alpha", "beta gamma", '"alpha beta"', "gam*", "東京", "タワー", "foo_bar.baz()", "x'y", "-zeta beta"]:
