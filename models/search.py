@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import TextClause
 
 from models.entities import UTCDateTime
-from models.search_text import LETTER, UNSEGMENTED, Query, Term, word_pattern
+from models.search_text import LETTER, UNSEGMENTED, Query, Term, edge_pattern, is_unsegmented, word_pattern
 
 DIALOGUE = "('user', 'assistant')"
 RECENT = {"postgresql": 1_000, "sqlite": 200}
@@ -334,7 +334,7 @@ class _Search:
         for term in self.query.terms:
             if term.exclude and term.literal:
                 continue
-            if term.prefix and not term.unsegmented:
+            if term.prefix and not is_unsegmented(term.words[-1][0]):  # the last word may go on
                 head = " ".join(term.words[:-1])
                 last = "'" + term.words[-1].replace("\\", "\\\\").replace("'", "''") + "':*"
                 part = f"to_tsquery(search_language(), {self.bind(last)})"
@@ -489,20 +489,27 @@ class _Search:
 
     def plain_conditions(self, capabilities: frozenset[str]) -> list[str]:
         """What the FTS indexes cannot decide: literal strings exactly, exclusions of
-        literals and unsegmented text, and whatever has no index in this database."""
+        literals and unsegmented text, whole Latin words at the ends of unsegmented text
+        (`edge_pattern`), and whatever has no index in this database."""
         s, a = self.source, self.source.alias
         conditions = []
         for term in self.query.terms:
             literal = " ".join(term.text.split())
             indexed = (s.grams if term.unsegmented else s.words) in capabilities
             short_unsegmented = term.unsegmented and len(literal) < 3
+            edges = edge_pattern(term)
+            edged = f"{a}.{s.column} REGEXP {self.bind(edges)}" if edges else None
             if term.exclude:
                 if term.literal or term.unsegmented or not indexed:
-                    conditions.append(f"instr(lower({a}.{s.column}), {self.bind(literal.translate(ASCII_LOWER))}) = 0")
-            elif (term.literal and not term.unsegmented) or not indexed or short_unsegmented:
+                    found = f"instr(lower({a}.{s.column}), {self.bind(literal.translate(ASCII_LOWER))}) > 0"
+                    conditions.append(f"NOT ({found} AND {edged})" if edged else f"NOT {found}")
+                continue
+            if (term.literal and not term.unsegmented) or not indexed or short_unsegmented:
                 # For an indexed short term this only rechecks what the trigram lookup
                 # found, or reads the texts when the term starts too many trigrams.
                 conditions.append(f"instr(lower({a}.{s.column}), {self.bind(literal.translate(ASCII_LOWER))}) > 0")
+            if edged:
+                conditions.append(edged)
         return conditions
 
     def probe(self, table: str, expression: str) -> str:

@@ -69,6 +69,19 @@ def word_pattern(term: Term) -> str:
     return f"(?i)(?<!{LETTER}){words}{end}"
 
 
+def edge_pattern(term: Term) -> str | None:
+    """For a term of unsegmented scripts that starts or ends with another letter or digit
+    (`Python写`): a regular expression (case-insensitive) for its text with a whole word at
+    that end (or the start of one, for a prefix, and the rest of that word), as PostgreSQL's
+    index finds it; None for other terms, found as typed."""
+    text = " ".join(term.text.split())
+    start = f"(?<!{LETTER})" if re.match(LETTER, text) else ""
+    end = (f"{LETTER}*" if term.prefix else f"(?!{LETTER})") if re.search(f"{LETTER}$", text) else ""
+    if not term.unsegmented or not (start or end):
+        return None
+    return f"(?i){start}{re.escape(text)}{end}"
+
+
 @dataclass(frozen=True)
 class Term:
     """One thing a search asks for: a word, a phrase, or a literal string such as `foo_bar.baz()`.

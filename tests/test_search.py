@@ -136,6 +136,10 @@ def test_a_latin_word_written_against_cjk_characters_is_a_word(app: Flask, clien
     assert snippets(client, "web") == ["用Go写的**Web**服务"]
     assert snippets(client, "pythonic") == ["**Pythonic** 代码"]
     assert snippets(client, "ython") == [] and snippets(client, "yth*") == []  # whole words only
+    assert snippets(client, "Python写") == ["我们用**Python写**代码"]  # typed against the characters too
+    assert snippets(client, "n写") == [] and snippets(client, "用Py") == []  # ... still whole words
+    assert snippets(client, "用Py*") == ["我们**用Python**写代码"]
+    assert snippets(client, "写 -n写") == ["我们用Python**写**代码", "用AI和C**写**程序", "用Go**写**的Web服务"]
     assert [hit["conversation_id"] for hit in search(client, "kubernetes")] == [str(title)]
     assert search(client, "python", role="assistant") == []
     assert len(search(client, "python", convo_id=str(title))) == 0
