@@ -56,8 +56,13 @@ def word_spans(text: str) -> Iterator[tuple[int, int]]:
 
 
 def words(text: str) -> tuple[str, ...]:
-    """The words of `text`, lower-cased."""
-    return tuple(text[start:end].lower() for start, end in word_spans(text))
+    """The words of `text`, lower-cased, but for a letter whose lower case is longer (`İ` is
+    `i` and a combining dot): kept, as the indexes fold it to one letter themselves."""
+    return tuple(_lower(text[start:end]) for start, end in word_spans(text))
+
+
+def _lower(word: str) -> str:
+    return "".join(lower if len(lower := char.lower()) == 1 else char for char in word)
 
 
 def word_pattern(term: Term) -> str:

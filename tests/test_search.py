@@ -145,6 +145,12 @@ def test_a_latin_word_written_against_cjk_characters_is_a_word(app: Flask, clien
     assert len(search(client, "python", convo_id=str(title))) == 0
 
 
+def test_a_letter_whose_lower_case_is_two_characters_still_finds_itself(app: Flask, client: FlaskClient) -> None:
+    store(app, "İstanbul trip", "İstanbul旅行")  # "İ".lower() is "i" and a combining dot
+    assert snippets(client, "İstanbul") == ["**İstanbul**旅行", "**İstanbul** trip"]
+    assert snippets(client, "İstan*") == ["**İstanbul**旅行", "**İstanbul** trip"]
+
+
 def test_code_and_urls_are_found_as_typed(app: Flask, client: FlaskClient) -> None:
     store(app, "call foo_bar.baz() at https://example.com/docs?x=1", "foo bar baz, spaced out", "C++ and C#")
     assert snippets(client, "foo_bar.baz()") == ["call **foo_bar.baz()** at https://example.com/docs?x=1"]
