@@ -24,7 +24,7 @@ from models.db import Database
 from models.entities import Conversation
 from models.search import Filters, Hit, Key, find, indexed_language
 from models.search_text import Query, Term
-from services.errors import ConversationNotFound, InvalidRequest
+from services.errors import ConversationNotFound, NotFound
 from services.items import ConversationView, Page, view_of
 from services.search_query import parse
 from services.snippets import snippet
@@ -152,9 +152,9 @@ class SearchService:
             raise ConversationNotFound(f"after: no conversation {conversation_id}.", param="after")
         best = self._best(session, query, owner, conversation_id)
         if best is None:
-            raise InvalidRequest(
-                f"after: conversation {conversation_id} does not match this query; pass the `last_id` of "
-                "the previous page of the same query.",
+            raise NotFound(
+                f"after: conversation {conversation_id} is not in this list (it does not match the query); "
+                "pass the `last_id` of the previous page of the same query.",
                 param="after",
             )
         return best
