@@ -111,7 +111,7 @@ def empty_postgresql_url(postgresql_url: str, cleaners: dict[str, Engine]) -> st
 @pytest.fixture
 def empty_sqlite_url(sqlite_url: str, cleaners: dict[str, Engine]) -> str:
     """The run's SQLite database alone, its tables emptied before the test."""
-    return _emptied(sqlite_url, cleaners)
+    return emptied(sqlite_url, cleaners)
 
 
 @pytest.fixture(scope="session")
