@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import time
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 
 from alembic import command
@@ -25,12 +26,24 @@ MIGRATION_LOCK_KEY = 0x6770742D617069
 
 
 def _enable_sqlite_features(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
-    """Foreign keys (for ON DELETE CASCADE), WAL for concurrent readers, and a lock wait."""
+    """Foreign keys (for ON DELETE CASCADE), WAL for concurrent readers, a lock wait, and
+    the REGEXP operator (SQLite leaves its function to the application; search uses it)."""
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+    dbapi_connection.create_function("regexp", 2, _regexp, deterministic=True)
+
+
+@lru_cache(maxsize=256)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+def _regexp(pattern: str, value: str | None) -> bool:
+    """`value REGEXP pattern`: whether Python's `re` finds `pattern` in `value`."""
+    return value is not None and _compiled(pattern).search(value) is not None
 
 
 def make_engine(

@@ -80,6 +80,13 @@ class ConversationRepository:
         conversation = self.session.get(Conversation, conversation_id)
         return conversation if conversation is not None and conversation.owner == owner else None
 
+    def owned_many(self, owner: str, conversation_ids: Sequence[uuid.UUID]) -> list[Conversation]:
+        """Those of the conversations that exist and belong to `owner`, in no order."""
+        if not conversation_ids:
+            return []
+        query = select(Conversation).where(Conversation.owner == owner, Conversation.id.in_(conversation_ids))
+        return list(self.session.scalars(query))
+
     def page(
         self, owner: str, *, limit: int, offset: int = 0, after: Conversation | None = None
     ) -> Sequence[Row[Any]]:

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import TextClause
 
 from models.entities import UTCDateTime
-from models.search_text import Query, Term
+from models.search_text import LETTER, UNSEGMENTED, Query, Term, edge_pattern, is_unsegmented, word_pattern
 
 DIALOGUE = "('user', 'assistant')"
 RECENT = {"postgresql": 1_000, "sqlite": 200}
@@ -45,6 +45,8 @@ SHORT_TERM_GRAMS = 200
 many different ones); beyond that it is matched by reading the texts."""
 BATCH = 5_000
 """Rows per transaction when (re)indexing existing rows."""
+UNSEGMENTED_GLOB = "*[" + "".join(f"{chr(low)}-{chr(high)}" for low, high in UNSEGMENTED) + "]*"
+"""A text with a character of an unsegmented script (the texts in the trigram indexes)."""
 ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 """SQLite's lower() changes only ASCII letters; literals are lowered the same way."""
 
@@ -85,6 +87,8 @@ class Filters:
     """The tier and key of the hit the page starts after."""
     conversation_id: uuid.UUID | None = None
     role: str | None = None
+    excluded_conversations: frozenset[uuid.UUID] = frozenset()
+    """Conversations whose hits are left out (listing conversations: those already met)."""
 
 
 def find(session: Session, query: Query, filters: Filters, limit: int) -> list[Hit]:
@@ -238,12 +242,15 @@ class _Search:
         return [f"({a}.created_at, {a}.id) < ({at}, {id_})"]
 
     def narrowing(self) -> list[str]:
-        """The caller's filters: one conversation, one role."""
+        """The caller's filters: one conversation, one role, conversations left out."""
         a, filters = self.source.alias, self.filters
+        column = "id" if self.source is TITLES_SOURCE else "conversation_id"
         conditions = []
         if filters.conversation_id is not None:
-            column = "id" if self.source is TITLES_SOURCE else "conversation_id"
             conditions.append(f"{a}.{column} = {self.bind(filters.conversation_id, Uuid())}")
+        if filters.excluded_conversations:
+            excluded = ", ".join(self.bind(id_, Uuid()) for id_ in sorted(filters.excluded_conversations))
+            conditions.append(f"{a}.{column} NOT IN ({excluded})")
         if filters.role is not None:
             conditions.append(f"{a}.role = {self.bind(filters.role)}")
         return conditions
@@ -327,7 +334,7 @@ class _Search:
         for term in self.query.terms:
             if term.exclude and term.literal:
                 continue
-            if term.prefix and not term.unsegmented:
+            if term.prefix and not is_unsegmented(term.words[-1][0]):  # the last word may go on
                 head = " ".join(term.words[:-1])
                 last = "'" + term.words[-1].replace("\\", "\\\\").replace("'", "''") + "':*"
                 part = f"to_tsquery(search_language(), {self.bind(last)})"
@@ -341,8 +348,19 @@ class _Search:
     # -- SQLite --------------------------------------------------------------
 
     def sqlite(self, limit: int, capabilities: frozenset[str]) -> list[Any]:
+        """The hits of the word index and, where it cannot see a word (`sqlite_embedded`),
+        those of the trigram index, merged."""
+        rows = self.sqlite_words(limit, capabilities)
+        if self.source.words in capabilities and any(not term.unsegmented for term in self.query.included):
+            rows = _merged(rows, self.sqlite_embedded(limit, capabilities), limit)
+        return rows
+
+    def sqlite_words(self, limit: int, capabilities: frozenset[str]) -> list[Any]:
+        """Through the word index (Latin and other spaced scripts) and, for unsegmented terms,
+        the trigram index."""
         s = self.source
         conditions = [s.scope, *self.key_conditions(), *self.plain_conditions(capabilities)]
+        conditions += self.embedded_exclusions(capabilities)
         indexes = []  # (FTS table, expression) that every hit must match
         words_match = self.words_match() if s.words in capabilities else None
         excluded = self.excluded_words() if s.words in capabilities else None
@@ -350,15 +368,42 @@ class _Search:
             indexes.append((s.words, f"({words_match}) NOT ({excluded})" if excluded else words_match))
         elif excluded is not None:
             conditions.append(f"NOT {self.probe(s.words, excluded)}")
-        grams_match = self.grams_match() if s.grams in capabilities else None
+        grams_match = self.grams_match(latin=False) if s.grams in capabilities else None
         if grams_match is not None:
             indexes.append((s.grams, grams_match))
+        return self.sqlite_indexed(conditions, indexes, limit)
+
+    def sqlite_embedded(self, limit: int, capabilities: frozenset[str]) -> list[Any]:
+        """Texts with characters of unsegmented scripts. FTS5's word tokenizer takes such a
+        character for a letter, so a Latin word written against one (`用Python写`) is part of
+        a longer token there, which the word index does not find by the word. Those texts
+        are in the trigram index, which finds the word's letters anywhere; a regular
+        expression then keeps the texts where they make whole words, as PostgreSQL (which
+        cuts text at each such character) finds them."""
+        s, a = self.source, self.source.alias
+        conditions = [s.scope, *self.key_conditions(), *self.plain_conditions(capabilities)]
+        conditions += self.embedded_exclusions(capabilities)
+        conditions += [
+            f"{a}.{s.column} REGEXP {self.bind(word_pattern(term))}"
+            for term in self.query.included
+            if not term.unsegmented
+        ]
+        grams_match = self.grams_match(latin=True) if s.grams in capabilities else None
+        if grams_match is None:  # nothing to narrow the texts down by: read them
+            return self.sqlite_walk([f"{a}.{s.column} GLOB {self.bind(UNSEGMENTED_GLOB)}", *conditions], limit)
+        return self.sqlite_indexed(conditions, [(s.grams, grams_match)], limit)
+
+    def sqlite_indexed(self, conditions: list[str], indexes: list[tuple[str, str]], limit: int) -> list[Any]:
+        """The page, by the way that suits how many rows the FTS indexes match."""
+        s = self.source
         if not indexes:
             return self.sqlite_walk(conditions, limit)
         if self.filters.conversation_id is not None:  # a conversation's rows are few: test each
             return self.sqlite_walk(conditions + [self.probe(*index) for index in indexes], limit)
         counted = sorted((self.count(*index), index) for index in indexes)
         found, driver = counted[0]
+        if found == 0:
+            return []
         if found < FEW_MATCHES:
             others = [self.probe(*index) for _, index in counted[1:]]
             return self.sqlite_matches_first(driver, conditions + others, limit)
@@ -382,42 +427,89 @@ class _Search:
         excluded = [_fts_phrase(t) for t in self.query.excluded if not (t.unsegmented or t.literal)]
         return " OR ".join(excluded) if excluded else None
 
-    def grams_match(self) -> str | None:
-        """The FTS5 expression for the trigram index: each included unsegmented term as
-        a substring; a term of one or two characters as the trigrams that start with it."""
+    def embedded_exclusions(self, capabilities: frozenset[str]) -> list[str]:
+        """Excluded words the word index cannot see in texts of unsegmented scripts
+        (`sqlite_embedded`), looked for there by a regular expression."""
+        s, a = self.source, self.source.alias
+        if s.words not in capabilities:
+            return []  # the texts are read (`plain_conditions`)
+        return [
+            f"({a}.{s.column} NOT GLOB {self.bind(UNSEGMENTED_GLOB)}"
+            f" OR NOT {a}.{s.column} REGEXP {self.bind(word_pattern(term))})"
+            for term in self.query.excluded
+            if not (term.unsegmented or term.literal)
+        ]
+
+    def grams_match(self, *, latin: bool) -> str | None:
+        """The FTS5 expression for the trigram index: each included unsegmented term as a
+        substring and, with `latin`, the words of the other terms; None if nothing narrows
+        the texts down."""
         parts = []
         for term in self.query.included:
-            if not term.unsegmented:
+            if term.unsegmented:
+                part = self.grams_substring(" ".join(term.text.split()).lower())
+            elif latin:
+                part = self.grams_words(term)
+            else:
                 continue
-            folded = " ".join(term.text.split()).lower()
-            if len(folded) >= 3:
-                parts.append(_fts_string(folded))
-                continue
-            starts = self.session.execute(
-                text(f"SELECT term FROM {self.source.grams_terms} WHERE term >= :low AND term < :high LIMIT :most"),
-                {"low": folded, "high": folded + "\U0010ffff", "most": SHORT_TERM_GRAMS + 1},
-            ).scalars().all()
-            if len(starts) > SHORT_TERM_GRAMS:
-                continue  # matched by reading the texts (`plain_conditions`)
-            parts.append("(" + " OR ".join(map(_fts_string, starts)) + ")" if starts else '""')
+            if part is not None:
+                parts.append(part)
         return " AND ".join(parts) if parts else None
+
+    def grams_words(self, term: Term) -> str | None:
+        """The trigram expression for the texts holding a term's words: its words of three
+        letters or more, else its short words, each followed by something other than a
+        letter or digit (unless it is a prefix)."""
+        long = [_fts_string(word) for word in term.words if len(word) >= 3]
+        if long:
+            return " AND ".join(long)
+        last = len(term.words) - 1
+        parts = [self.grams_substring(word, whole=not (term.prefix and n == last)) for n, word in enumerate(term.words)]
+        found = [part for part in parts if part is not None]
+        return " AND ".join(found) if found else None
+
+    def grams_substring(self, folded: str, *, whole: bool = False) -> str | None:
+        """The trigram expression for texts holding `folded`: the string itself, or for one
+        or two characters the trigrams that start with it (with `whole`, those where a
+        character other than a letter or digit follows); None when there are more than
+        SHORT_TERM_GRAMS of those, and the texts are read instead (`plain_conditions`,
+        or the regular expressions of `sqlite_embedded`)."""
+        if len(folded) >= 3:
+            return _fts_string(folded)
+        ending = f" AND NOT substr(term, {len(folded) + 1}, 1) REGEXP :letter" if whole else ""
+        starts = self.session.execute(
+            text(
+                f"SELECT term FROM {self.source.grams_terms} WHERE term >= :low AND term < :high{ending} LIMIT :most"
+            ),
+            {"low": folded, "high": folded + "\U0010ffff", "letter": LETTER, "most": SHORT_TERM_GRAMS + 1},
+        ).scalars().all()
+        if len(starts) > SHORT_TERM_GRAMS:
+            return None
+        return "(" + " OR ".join(map(_fts_string, starts)) + ")" if starts else '""'
 
     def plain_conditions(self, capabilities: frozenset[str]) -> list[str]:
         """What the FTS indexes cannot decide: literal strings exactly, exclusions of
-        literals and unsegmented text, and whatever has no index in this database."""
+        literals and unsegmented text, whole Latin words at the ends of unsegmented text
+        (`edge_pattern`), and whatever has no index in this database."""
         s, a = self.source, self.source.alias
         conditions = []
         for term in self.query.terms:
             literal = " ".join(term.text.split())
             indexed = (s.grams if term.unsegmented else s.words) in capabilities
             short_unsegmented = term.unsegmented and len(literal) < 3
+            edges = edge_pattern(term)
+            edged = f"{a}.{s.column} REGEXP {self.bind(edges)}" if edges else None
             if term.exclude:
                 if term.literal or term.unsegmented or not indexed:
-                    conditions.append(f"instr(lower({a}.{s.column}), {self.bind(literal.translate(ASCII_LOWER))}) = 0")
-            elif (term.literal and not term.unsegmented) or not indexed or short_unsegmented:
+                    found = f"instr(lower({a}.{s.column}), {self.bind(literal.translate(ASCII_LOWER))}) > 0"
+                    conditions.append(f"NOT ({found} AND {edged})" if edged else f"NOT {found}")
+                continue
+            if (term.literal and not term.unsegmented) or not indexed or short_unsegmented:
                 # For an indexed short term this only rechecks what the trigram lookup
                 # found, or reads the texts when the term starts too many trigrams.
                 conditions.append(f"instr(lower({a}.{s.column}), {self.bind(literal.translate(ASCII_LOWER))}) > 0")
+            if edged:
+                conditions.append(edged)
         return conditions
 
     def probe(self, table: str, expression: str) -> str:
@@ -489,6 +581,13 @@ def _postgresql(session: Session, searches: list[_Search], parameters: _Paramete
     union = " UNION ALL ".join(f"({part})" for part in parts)
     sql = f"SELECT * FROM ({union}) AS hits LIMIT {parameters.bind(limit)}"
     return list(session.execute(parameters.statement(sql).columns(**HIT_TYPES), parameters.values))
+
+
+def _merged(first: list[Any], second: list[Any], limit: int) -> list[Any]:
+    """Two pages of hits, newest first, as one: each hit once, the first `limit`."""
+    unique = {row.message_id or row.conversation_id: row for row in [*first, *second]}
+    newest = sorted(unique.values(), key=lambda row: (row.created_at, row.message_id or row.conversation_id), reverse=True)
+    return newest[:limit]
 
 
 def _fts_string(value: str) -> str:

@@ -56,8 +56,35 @@ def word_spans(text: str) -> Iterator[tuple[int, int]]:
 
 
 def words(text: str) -> tuple[str, ...]:
-    """The words of `text`, lower-cased."""
-    return tuple(text[start:end].lower() for start, end in word_spans(text))
+    """The words of `text`, lower-cased, but for a letter whose lower case is longer (`İ` is
+    `i` and a combining dot): kept, as the indexes fold it to one letter themselves."""
+    return tuple(_lower(text[start:end]) for start, end in word_spans(text))
+
+
+def _lower(word: str) -> str:
+    return "".join(lower if len(lower := char.lower()) == 1 else char for char in word)
+
+
+def word_pattern(term: Term) -> str:
+    """A regular expression (case-insensitive) for the term's words one after another, each
+    whole (the last possibly only begun, for a prefix), anything but letters and digits
+    between them: what PostgreSQL's index matches, read from the raw text."""
+    words = r"[\W_]+".join(map(re.escape, term.words))
+    end = f"{LETTER}*" if term.prefix else f"(?!{LETTER})"
+    return f"(?i)(?<!{LETTER}){words}{end}"
+
+
+def edge_pattern(term: Term) -> str | None:
+    """For a term of unsegmented scripts that starts or ends with another letter or digit
+    (`Python写`): a regular expression (case-insensitive) for its text with a whole word at
+    that end (or the start of one, for a prefix, and the rest of that word), as PostgreSQL's
+    index finds it; None for other terms, found as typed."""
+    text = " ".join(term.text.split())
+    start = f"(?<!{LETTER})" if re.match(LETTER, text) else ""
+    end = (f"{LETTER}*" if term.prefix else f"(?!{LETTER})") if re.search(f"{LETTER}$", text) else ""
+    if not term.unsegmented or not (start or end):
+        return None
+    return f"(?i){start}{re.escape(text)}{end}"
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,10 @@
 A conversation whose title matches is a hit of its own (no message, no role); then come
 the dialogue messages that match. Each hit carries an opaque `cursor`: passed back as
 `after`, the next page starts right below that hit, so pages never repeat or skip one.
+
+Listed by conversation (`GET /v1/conversations?query=`), each matching conversation comes
+once, at the place of its best hit, with that hit; a page continues after a conversation,
+at the place of that conversation's best hit.
 """
 
 from __future__ import annotations
@@ -12,14 +16,16 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 
 from sqlalchemy.orm import Session
 
 from models.db import Database
 from models.entities import Conversation
-from models.search import MESSAGES, TITLES, Filters, Hit, Key, find, indexed_language
-from models.search_text import Term
-from services.errors import ConversationNotFound
+from models.search import Filters, Hit, Key, find, indexed_language
+from models.search_text import Query, Term
+from services.errors import ConversationNotFound, NotFound
+from services.items import ConversationView, Page, view_of
 from services.search_query import parse
 from services.snippets import snippet
 from services.unit_of_work import UnitOfWork
@@ -27,6 +33,11 @@ from services.unit_of_work import UnitOfWork
 log = logging.getLogger(__name__)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+CONVERSATION_BATCH = 20
+"""Hits read at a time while listing conversations, at least (a conversation may have many)."""
+LEFT_OUT_AT_MOST = 500
+"""Conversations already met that a read leaves out by id (the latest met): beyond that many,
+their hits are read and skipped, rather than bind thousands of parameters."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,14 @@ class SearchHit:
     snippet: str
     created_at: datetime
     cursor: str
+
+
+@dataclass(frozen=True)
+class ConversationMatch:
+    """A conversation a search finds, with its best hit."""
+
+    conversation: ConversationView
+    hit: SearchHit
 
 
 CURSOR_PATTERN = r"^[01]\.-?[0-9]{1,16}\.[0-9a-f]{32}$"
@@ -85,6 +104,66 @@ class SearchService:
             filters = Filters(owner, after, request.conversation_id, request.role)
             found = find(uow.session, query, filters, request.limit)
         return [_hit(hit, query.terms) for hit in found]
+
+    def conversations(
+        self, owner: str, text: str, *, after: uuid.UUID | None, limit: int
+    ) -> Page[ConversationMatch]:
+        """The owner's conversations that match `text`, each once at the place of its best
+        hit (a matching title, else its newest matching message), best first; past the
+        conversation `after`, which must be one of them."""
+        query = parse(text)
+        if not query.included:
+            return Page([], False)  # exclusions alone narrow nothing down
+        with UnitOfWork(self._db) as uow:
+            self._check_language(uow.session)
+            found = self._best_hits(uow.session, query, owner, after, limit + 1)
+            page = found[:limit]
+            conversations = uow.conversations.owned_many(owner, [hit.conversation_id for hit in page])
+            views = {conversation.id: view_of(conversation) for conversation in conversations}
+        matches = [ConversationMatch(views[hit.conversation_id], _hit(hit, query.terms)) for hit in page]
+        return Page(matches, len(found) > limit)
+
+    def _best_hits(self, session: Session, query: Query, owner: str, after: uuid.UUID | None, limit: int) -> list[Hit]:
+        """The best hit of each conversation, in order, past the conversation `after`: the
+        hits below its best one, each conversation's first, unless it had a better one
+        above (met on an earlier page). Conversations met are left out of the next reads."""
+        start = self._place(session, query, owner, after) if after is not None else None
+        met = dict.fromkeys([after] if after is not None else [])  # in the order met
+        found: list[Hit] = []
+        while len(found) < limit:
+            wanted = max(limit - len(found), CONVERSATION_BATCH)
+            left_out = frozenset(islice(reversed(met), LEFT_OUT_AT_MOST))
+            batch = find(session, query, Filters(owner, start, excluded_conversations=left_out), wanted)
+            for hit in batch:
+                if hit.conversation_id in met:
+                    continue
+                met[hit.conversation_id] = None
+                if after is None or self._best(session, query, owner, hit.conversation_id) == (hit.tier, hit.key):
+                    found.append(hit)
+            if len(batch) < wanted:
+                break
+            start = (batch[-1].tier, batch[-1].key)
+        return found[:limit]
+
+    def _place(self, session: Session, query: Query, owner: str, conversation_id: uuid.UUID) -> tuple[int, Key]:
+        """Where the conversation `after` stands in the list: at its best hit."""
+        conversation = session.get(Conversation, conversation_id)
+        if conversation is None or conversation.owner != owner:
+            raise ConversationNotFound(f"after: no conversation {conversation_id}.", param="after")
+        best = self._best(session, query, owner, conversation_id)
+        if best is None:
+            raise NotFound(
+                f"after: conversation {conversation_id} is not in this list (it does not match the query); "
+                "pass the `last_id` of the previous page of the same query.",
+                param="after",
+            )
+        return best
+
+    @staticmethod
+    def _best(session: Session, query: Query, owner: str, conversation_id: uuid.UUID) -> tuple[int, Key] | None:
+        """The place of the conversation's best hit, if it has one."""
+        found = find(session, query, Filters(owner, conversation_id=conversation_id), 1)
+        return (found[0].tier, found[0].key) if found else None
 
     def _check_language(self, session: Session) -> None:
         """Warn once when SEARCH_LANGUAGE is not what the index was built with."""

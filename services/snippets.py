@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 
-from models.search_text import LETTER, Term
+from models.search_text import Term, edge_pattern, word_pattern
 
 MARK = "**"
 WIDTH = 200
@@ -40,12 +40,11 @@ def _matches(text: str, term: Term) -> Iterator[tuple[int, int]]:
 
 
 def _pattern(term: Term) -> re.Pattern[str]:
-    if term.literal or term.unsegmented:
+    if term.unsegmented:
+        return re.compile(edge_pattern(term) or re.escape(term.text), re.IGNORECASE)
+    if term.literal:
         return re.compile(re.escape(term.text), re.IGNORECASE)
-    between = r"[\W_]+"  # anything but letters and digits
-    words = between.join(map(re.escape, term.words))
-    end = f"{LETTER}*" if term.prefix else f"(?!{LETTER})"
-    return re.compile(f"(?<!{LETTER}){words}{end}", re.IGNORECASE)
+    return re.compile(word_pattern(term))
 
 
 def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:

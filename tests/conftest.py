@@ -108,6 +108,12 @@ def empty_postgresql_url(postgresql_url: str, cleaners: dict[str, Engine]) -> st
     return emptied(postgresql_url, cleaners)
 
 
+@pytest.fixture
+def empty_sqlite_url(sqlite_url: str, cleaners: dict[str, Engine]) -> str:
+    """The run's SQLite database alone, its tables emptied before the test."""
+    return emptied(sqlite_url, cleaners)
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     """The local Redis (TEST_REDIS_URL); skipped when unreachable, except under CI=true."""

@@ -113,6 +113,44 @@ def test_chinese_japanese_korean_and_thai_match_inside_text(app: Flask, client: 
     assert snippets(client, "京都") == []
 
 
+def test_a_latin_word_written_against_cjk_characters_is_a_word(app: Flask, client: FlaskClient) -> None:
+    """Chinese and Japanese put no space around a Latin word: it is still a word of its own,
+    found whole (not inside a longer word), by prefix and in phrases, and excluded by `-`."""
+    moment = datetime(2025, 3, 1, tzinfo=UTC)
+    texts = ["我们用Python写代码", "東京でRustを書く", "用AI和C写程序", "Pythonic 代码", "pythonista", "先装foo_bar.baz()再说",
+             "用Go写的Web服务"]
+    for age, said in enumerate(texts):  # newest first
+        store(app, said, at=moment - timedelta(seconds=age))
+    title = store(app, "nothing here", title="用Kubernetes部署", at=moment - timedelta(seconds=10))
+    assert snippets(client, "python") == ["我们用**Python**写代码"]
+    assert snippets(client, "RUST") == ["東京で**Rust**を書く"]
+    assert snippets(client, "ai") == ["用**AI**和C写程序"]
+    assert snippets(client, "c") == ["用AI和**C**写程序"]
+    assert snippets(client, "go") == ["用**Go**写的Web服务"]
+    assert snippets(client, "pyth*") == ["我们用**Python**写代码", "**Pythonic** 代码", "**pythonista**"]
+    assert snippets(client, "python 代码") == ["我们用**Python**写**代码**"]
+    assert snippets(client, "代码 -python") == ["Pythonic **代码**"]
+    assert snippets(client, "写 -go") == ["我们用Python**写**代码", "用AI和C**写**程序"]
+    assert snippets(client, "foo_bar.baz()") == ["先装**foo_bar.baz()**再说"]
+    assert snippets(client, "bar.baz") == ["先装foo_**bar.baz**()再说"]
+    assert snippets(client, "web") == ["用Go写的**Web**服务"]
+    assert snippets(client, "pythonic") == ["**Pythonic** 代码"]
+    assert snippets(client, "ython") == [] and snippets(client, "yth*") == []  # whole words only
+    assert snippets(client, "Python写") == ["我们用**Python写**代码"]  # typed against the characters too
+    assert snippets(client, "n写") == [] and snippets(client, "用Py") == []  # ... still whole words
+    assert snippets(client, "用Py*") == ["我们**用Python**写代码"]
+    assert snippets(client, "写 -n写") == ["我们用Python**写**代码", "用AI和C**写**程序", "用Go**写**的Web服务"]
+    assert [hit["conversation_id"] for hit in search(client, "kubernetes")] == [str(title)]
+    assert search(client, "python", role="assistant") == []
+    assert len(search(client, "python", convo_id=str(title))) == 0
+
+
+def test_a_letter_whose_lower_case_is_two_characters_still_finds_itself(app: Flask, client: FlaskClient) -> None:
+    store(app, "İstanbul trip", "İstanbul旅行")  # "İ".lower() is "i" and a combining dot
+    assert snippets(client, "İstanbul") == ["**İstanbul**旅行", "**İstanbul** trip"]
+    assert snippets(client, "İstan*") == ["**İstanbul**旅行", "**İstanbul** trip"]
+
+
 def test_code_and_urls_are_found_as_typed(app: Flask, client: FlaskClient) -> None:
     store(app, "call foo_bar.baz() at https://example.com/docs?x=1", "foo bar baz, spaced out", "C++ and C#")
     assert snippets(client, "foo_bar.baz()") == ["call **foo_bar.baz()** at https://example.com/docs?x=1"]
@@ -194,6 +232,27 @@ def test_deleted_and_cleared_conversations_never_show_up(app: Flask, client: Fla
     assert snippets(client, "ephemeral") == ["**ephemeral** again"]
 
 
+def test_deleted_messages_leave_the_index_itself(app: Flask, client: FlaskClient, fake_upstream: FakeOpenAI) -> None:
+    """Deleted rows leave the index, not only the results: on SQLite new rows take the
+    freed rowids, which stale index entries would match."""
+    fake_upstream.script(Reply(text="a zebra answer 斑马zebra"), Reply(text="a zebra again"))
+    first = ask(client, "zebra question")
+    ok(post(client, "delete/conversation", {"convo_id": first["conversation_id"]}))
+    second = ask(client, "another zebra")
+    ok(post(client, "clear/conversations", {}))
+    assert second["conversation_id"] != first["conversation_id"]
+    store(app, *[f"lion {n} 狮子" for n in range(8)], title="lion")
+    assert search(client, "zebra") == [] and search(client, "斑马") == []
+    with UnitOfWork(app.services.database) as uow:
+        if uow.session.get_bind().dialect.name == "sqlite":
+            for table, word in [("message_words", "zebra"), ("message_grams", "zebra"), ("conversation_words", "zebra")]:
+                count = f"SELECT count(*) FROM {table} WHERE {table} MATCH :word"
+                assert uow.session.execute(text(count), {"word": word}).scalar_one() == 0, table
+        else:
+            stale = "SELECT count(*) FROM messages WHERE search_vector @@ to_tsquery('simple', 'zebra')"
+            assert uow.session.execute(text(stale)).scalar_one() == 0
+
+
 # -- narrowing and paging ----------------------------------------------------------
 
 
@@ -260,6 +319,37 @@ def test_every_way_to_a_page_gives_the_same_pages(
             after = page[-1]["cursor"]
         assert hits == expected[query], query
     assert len(expected["often"]) == 12 + 36 and len(expected["often 东京"]) == 18
+
+
+@pytest.mark.parametrize("short_grams", [200, 0])
+@pytest.mark.parametrize(("recent", "few", "many"), STRATEGIES)
+def test_words_found_by_either_index_page_as_one_list(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch, recent: dict, few: int, many: int,
+    short_grams: int,
+) -> None:
+    """A Latin word between spaces and one against CJK characters (on SQLite the word index
+    finds the first, the trigram index the second): one order, page after page, under each
+    plan, and with short words looked up in the trigram index or read from the texts."""
+    moment = datetime(2025, 6, 1, tzinfo=UTC)
+    for index in range(8):
+        store(app, f"用Python写第{index}个", f"plain python {index}", "AI助手python", title=f"聊Python {index}",
+              at=moment + timedelta(seconds=index // 3))  # ties in time as well
+    queries = {"python": 8 + 24, "ai": 8, "python -ai": 8 + 16, "pyth*": 8 + 24, "第 python": 8}
+    expected = {query: search(client, query, limit=100) for query in queries}
+    assert {query: len(hits) for query, hits in expected.items()} == queries
+    monkeypatch.setattr(models.search, "RECENT", recent)
+    monkeypatch.setattr(models.search, "FEW_MATCHES", few)
+    monkeypatch.setattr(models.search, "MANY_MATCHES", many)
+    monkeypatch.setattr(models.search, "SHORT_TERM_GRAMS", short_grams)
+    for query in queries:
+        hits, after = [], None
+        while True:
+            page = search(client, query, limit=5, **({"after": after} if after else {}))
+            if not page:
+                break
+            hits += page
+            after = page[-1]["cursor"]
+        assert hits == expected[query], query
 
 
 def test_a_page_may_start_after_any_hit(app: Flask, client: FlaskClient) -> None:
@@ -331,7 +421,8 @@ def test_hostile_queries_are_taken_literally(app: Flask, client: FlaskClient) ->
 
 def test_any_query_is_answered_and_finds_only_what_it_says(app: Flask) -> None:
     """Fuzzing the parser and both query builders: no error, only the caller's messages,
-    in order, and a message holding a query's words in order is found by them."""
+    in order, the same through the conversation list (`/v1`), and a message holding a
+    query's words in order is found by them."""
     service = app.services.search
     mine = store(app, "alpha beta gamma 東京タワー foo_bar.baz() x'y", owner="me", title="alpha 東京")
     store(app, "alpha beta gamma 東京タワー foo_bar.baz() x'y", owner="someone else", title="alpha 東京")
@@ -345,12 +436,66 @@ def test_any_query_is_answered_and_finds_only_what_it_says(app: Flask) -> None:
         assert hits[: len(titles)] == titles  # titles first
         messages = [(hit.created_at, hit.message_id) for hit in hits[len(titles) :]]
         assert messages == sorted(messages, reverse=True)
+        listed = service.conversations("me", query, after=None, limit=100)
+        assert [found.conversation.id for found in listed.data] == ([mine] if hits else []) and not listed.has_more
+        if hits:
+            assert listed.data[0].hit == hits[0]  # its best hit
+            assert service.conversations("me", query, after=mine, limit=1).data == []
 
     run()
     for query in ["alpha", "beta gamma", '"alpha beta"', "gam*", "東京", "タワー", "foo_bar.baz()", "x'y", "-zeta beta"]:
         assert [hit.message_id is None for hit in service.search("me", SearchRequest(query=query))] in (
             [False], [True, False]
         ), query
+
+
+AGREED_CORPUS = [
+    "我们用Python写代码", "Pythonic 代码", "python and rust", "call foo_bar.baz() now", "foo bar baz", "東京でRustを書く",
+    "用AI和C写程序", "C++ and C#", "the quick brown fox", "quick-brown fox", "用Go写的Web服务", "example.com/docs?x=1",
+    "configure it", "configuration 配置", "a' OR '1'='1", "50% off", "x_y z", "東京タワー", "서울에서 Go를", "AI助手python",
+    "Café au lait", "naïve café", "日本語のテキストとEnglish混在", "abc123 def", "123abc", "Go语言和golang", "C语言",
+    "🚀python火箭", "x86_64架构", "v1.2.3版本", "straße 街", "ＡＩ助手",
+]
+AGREED_WORDS = [
+    "python", "Python", "rust", "代码", "写", "ai", "c", "go", "foo_bar", "bar.baz", "quick", "brown", "fox", "conf*",
+    "config*", "東京", "タワー", "web", "-python", "-c", '"quick brown"', "c#", "C++", "café", "cafe", "english", "テキスト",
+    "abc*", "123", "-代码", "x_y", "50%", "'1'='1", "服务", "를", "docs", "pyth*", "-rust", "c*", "go*", '"写代码"', "-go",
+    "ａｉ", "AI*", "a*", "p*", "Python写", "n写", "用Py*", "写代", "用AI和C", "和c", "-n写", "-Python写", "Rustを", "stを",
+    "golang", "go语", "x86_64", "v1.2.3", "1.2", "straße", "火箭", "-go*",
+]
+
+
+def test_both_databases_find_the_same(empty_sqlite_url: str, empty_postgresql_url: str) -> None:
+    """The same texts on SQLite and PostgreSQL, any query: the same hits in the same order.
+    (Where they still differ, README.md says so: a term mixing Latin and CJK with
+    punctuation between them, and the case of a few non-ASCII letters.)"""
+    moment = datetime(2025, 1, 1, tzinfo=UTC)
+    databases = [Database(url) for url in (empty_sqlite_url, empty_postgresql_url)]
+    for database in databases:
+        with UnitOfWork(database) as uow:
+            for index, said in enumerate(AGREED_CORPUS):
+                at = moment + timedelta(seconds=index)
+                conversation_id = uuid.UUID(int=index + 1)
+                title = said if index % 5 == 0 else "New chat"
+                uow.session.add(Conversation(id=conversation_id, owner="", title=title, created_at=at, updated_at=at))
+                uow.session.add(Message(id=uuid.UUID(int=1000 + index), conversation_id=conversation_id, role="user",
+                                        content=said, created_at=at))
+            uow.commit()
+    services = [SearchService(database) for database in databases]
+
+    @settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(query=st.lists(st.sampled_from(AGREED_WORDS), min_size=1, max_size=3).map(" ".join)
+           | st.text(alphabet="pythoncgaiweGAP1写代码東京语言 -*\"_.#+'%", min_size=1, max_size=8))
+    def run(query: str) -> None:
+        on_sqlite, on_postgresql = ([(hit.conversation_id, hit.message_id, hit.snippet) for hit in service.search(
+            "", SearchRequest(query=query, limit=100))] for service in services)
+        assert on_sqlite == on_postgresql
+
+    try:
+        run()
+    finally:
+        for database in databases:
+            database.dispose()
 
 
 def test_the_parser_reads_the_language() -> None:

@@ -10,7 +10,10 @@ import openai
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from openai.pagination import SyncConversationCursorPage
+from openai.types.conversations import Conversation
 
+import services.search
 from fakes.openai_upstream import FakeOpenAI
 from tests.helpers import ok, post
 from tests.openai_sdk import (  # noqa: F401
@@ -123,6 +126,150 @@ def test_the_caller_s_conversations_are_listed_newest_first_with_a_cursor(sdk: o
     assert [c["id"] for c in rest["data"]] == [made[0]] and not rest["has_more"]
 
 
+def found(sdk: openai.OpenAI, query: str, **params: Any) -> SyncConversationCursorPage[Conversation]:
+    """`GET /v1/conversations?query=` as the SDK pages its own lists: iterating the page
+    fetches the next ones (`after` = `last_id`) while `has_more`."""
+    return sdk.get_api_list(
+        "/conversations",
+        model=Conversation,
+        page=SyncConversationCursorPage[Conversation],
+        options={"params": {"query": query, **params}},
+    )
+
+
+def hit_order(client: FlaskClient, sdk: openai.OpenAI, query: str) -> list[str]:
+    """The conversations of `POST /api/chat/search`'s hits, in order, each at its first hit."""
+    hits = ok(as_key(client, sdk).post("/api/chat/search", json={"query": query, "limit": 100}))
+    return list(dict.fromkeys("conv_" + hit["conversation_id"].replace("-", "") for hit in hits))
+
+
+def test_a_query_lists_the_matching_conversations_best_first_each_with_its_best_hit(
+    sdk: openai.OpenAI, sdk_for: Callable[[str], openai.OpenAI], client: FlaskClient
+) -> None:
+    noted = sdk.conversations.create(items=[{"role": "user", "content": "deploy it with helm"}], metadata={"k": "v"})
+    ok(post(as_key(client, sdk), "change/title", {"convo_id": bare(noted.id), "title": "Helm notes"}))
+    chinese = sdk.conversations.create(items=[{"role": "user", "content": "我们用Helm部署"}])
+    sdk.conversations.create(items=[{"role": "user", "content": "nothing to see"}])
+    twice = sdk.conversations.create(items=[{"role": "user", "content": "helm, first"}])
+    sdk.conversations.items.create(twice.id, items=[{"role": "assistant", "content": "helm charts, second"}])
+    sdk_for("bob").conversations.create(items=[{"role": "user", "content": "bob's helm"}])
+
+    page = found(sdk, "helm")
+    assert [c.id for c in page.data] == [noted.id, twice.id, chinese.id] and page.has_more is False
+    assert page.data[0].model_dump() == {
+        **noted.model_dump(), "title": "Helm notes",
+        "match": {"item_id": None, "role": None, "snippet": "**Helm** notes", "created_at": noted.created_at},
+    }
+    newest = sdk.conversations.items.list(twice.id).data[0]
+    assert page.data[1].match == {  # type: ignore[attr-defined]
+        "item_id": newest.id, "role": "assistant", "snippet": "**helm** charts, second",
+        "created_at": page.data[1].match["created_at"],  # type: ignore[attr-defined]
+    }
+    assert page.data[2].match["snippet"] == "我们用**Helm**部署"  # type: ignore[attr-defined]
+    item = sdk.conversations.items.retrieve(page.data[2].match["item_id"], conversation_id=chinese.id)  # type: ignore[attr-defined]
+    assert texts([item]) == ["我们用Helm部署"]
+    assert [c.id for c in found(sdk, '"helm charts" -first')] == [twice.id]  # one message matches it all
+    assert [c.id for c in found(sdk, '"helm charts" -second')] == []
+    assert [c.id for c in found(sdk, "helm -charts -first")] == [noted.id, chinese.id]
+    assert [c.id for c in found(sdk, "-helm")] == []  # exclusions alone narrow nothing down
+    assert [c.id for c in found(sdk_for("carol"), "helm")] == []
+    assert "match" not in listed(sdk)["data"][0]  # without a query: the plain list
+
+
+@pytest.mark.parametrize(("batch", "left_out"), [(20, 500), (1, 0)])
+def test_pages_of_a_query_follow_each_other_without_repeats_or_gaps(
+    sdk: openai.OpenAI, client: FlaskClient, monkeypatch: pytest.MonkeyPatch, batch: int, left_out: int
+) -> None:
+    """Each conversation once, at its best hit, page after page; also when hits are read one
+    at a time and the conversations already met are skipped rather than left out."""
+    monkeypatch.setattr(services.search, "CONVERSATION_BATCH", batch)
+    monkeypatch.setattr(services.search, "LEFT_OUT_AT_MOST", left_out)
+    made = [sdk.conversations.create(items=[{"role": "user", "content": f"needle {n}"}]).id for n in range(7)]
+    ok(post(as_key(client, sdk), "change/title", {"convo_id": bare(made[3]), "title": "Needle title"}))
+    for again in (made[0], made[4], made[1]):  # newer hits move a conversation forward; its older stay behind
+        sdk.conversations.items.create(again, items=[{"role": "user", "content": "needle again 用Needle写"}])
+    expected = hit_order(client, sdk, "needle")
+    assert expected == [made[i] for i in (3, 1, 4, 0, 6, 5, 2)]
+    assert [c.id for c in found(sdk, "needle", limit=100)] == expected
+    for limit in (1, 2, 3, 7):
+        pages, after = [], None
+        for _ in expected:  # no more pages than conversations
+            page = found(sdk, "needle", limit=limit, **({"after": after} if after else {}))
+            pages.append([c.id for c in page.data])
+            if not page.has_more:
+                break
+            after = page.last_id
+        assert [c for p in pages for c in p] == expected, limit
+        assert all(len(p) == limit for p in pages[:-1]) and pages[-1]
+    assert [c.id for c in found(sdk, "needle", limit=2)] == expected  # the SDK follows the pages itself
+    last = found(sdk, "needle", limit=2, after=expected[-1])
+    assert last.data == [] and last.has_more is False and last.last_id is None
+
+
+def test_deleted_items_responses_and_conversations_leave_the_query_s_list(
+    sdk: openai.OpenAI, client: FlaskClient, fake_upstream: FakeOpenAI
+) -> None:
+    first = sdk.conversations.create(items=[{"role": "user", "content": "ephemeral one"}])
+    second = sdk.conversations.create(items=[{"role": "user", "content": "ephemeral two"}])
+    walrus = sdk.conversations.items.create(second.id, items=[{"role": "user", "content": "a walrus"}]).data[0]
+    assert [c.id for c in found(sdk, "walrus")] == [second.id]
+    sdk.conversations.items.delete(walrus.id, conversation_id=second.id)
+    assert [c.id for c in found(sdk, "walrus")] == []
+    answer = sdk.responses.create(model=MODEL, input="narwhal", conversation=second.id)
+    assert found(sdk, "narwhal").data[0].match["item_id"] == "msg_" + answer.id.removeprefix("resp_")  # type: ignore[attr-defined]
+    sdk.responses.delete(answer.id)  # the answer, and what is below it
+    assert [c.id for c in found(sdk, "narwhal")] == [second.id]  # the question stays
+    assert found(sdk, "narwhal").data[0].match["role"] == "user"  # type: ignore[attr-defined]
+    assert [c.id for c in found(sdk, "ephemeral")] == [second.id, first.id]
+    sdk.conversations.delete(first.id)
+    assert [c.id for c in found(sdk, "ephemeral")] == [second.id]
+    with pytest.raises(openai.NotFoundError) as raised:
+        found(sdk, "ephemeral", after=first.id)
+    assert raised.value.body["param"] == "after"  # type: ignore[index]
+    ok(post(as_key(client, sdk), "clear/conversations", {}))
+    assert [c.id for c in found(sdk, "ephemeral")] == []
+
+
+def test_a_bad_query_is_a_400_and_a_cursor_not_in_the_list_a_404_naming_it(
+    sdk: openai.OpenAI, sdk_for: Callable[[str], openai.OpenAI]
+) -> None:
+    matching = sdk.conversations.create(items=[{"role": "user", "content": "matching words"}])
+    other = sdk.conversations.create(items=[{"role": "user", "content": "unrelated"}])
+    bobs = sdk_for("bob").conversations.create(items=[{"role": "user", "content": "matching too"}])
+    for params, param in [
+        ({"query": ""}, "query"),
+        ({"query": "  "}, "query"),
+        ({"query": "x" * 1001}, "query"),
+        ({"query": "x\x00"}, "query"),
+        ({"query": "matching", "limit": 0}, "limit"),
+        ({"query": "matching", "limit": 101}, "limit"),
+        ({"query": "matching", "after": "conv_nothex"}, "after"),
+        ({"query": "matching", "role": "user"}, "role"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as raised:
+            listed(sdk, **params)
+        assert raised.value.body["param"] == param, raised.value.body  # type: ignore[index]
+    for after in (other.id, bobs.id, "conv_" + "0" * 32):  # not in this query's list, another key's, unknown
+        with pytest.raises(openai.NotFoundError) as raised:
+            listed(sdk, query="matching", after=after)
+        assert raised.value.body["param"] == "after"  # type: ignore[index]
+    assert [c["id"] for c in listed(sdk, query="matching", limit=100)["data"]] == [matching.id]
+
+
+HOSTILE_QUERIES = ["'; DROP TABLE messages; --", "a' OR '1'='1", "%", "_", "\\", "NEAR(a b)", "a AND OR NOT b", '"', "-",
+                   "*", "a:*", "' & ! | ( ) : * <-> ", "東" * 300, "🚀", "&limit=1", "?after=x", "#"]
+
+
+def test_hostile_queries_are_text_through_the_sdk(sdk: openai.OpenAI) -> None:
+    kept = sdk.conversations.create(items=[{"role": "user", "content": "a' OR '1'='1 and 50% of C:\\ with &limit=1"}])
+    for query in HOSTILE_QUERIES:
+        assert isinstance(listed(sdk, query=query)["data"], list), query
+    assert [c["id"] for c in listed(sdk, query="a' OR '1'='1")["data"]] == [kept.id]
+    assert [c["id"] for c in listed(sdk, query="&limit=1")["data"]] == [kept.id]
+    assert [c["id"] for c in listed(sdk, query="50%")["data"]] == [kept.id]
+    assert texts(sdk.conversations.items.list(kept.id)) == ["a' OR '1'='1 and 50% of C:\\ with &limit=1"]
+
+
 def test_the_six_routes_and_v1_share_conversations(sdk: openai.OpenAI, client: FlaskClient) -> None:
     as_key(client, sdk)
     asked = ok(post(client, "ask", {"prompt": "From ask"}))
@@ -202,6 +349,8 @@ def test_v1_answers_conform_to_the_spec(sdk: openai.OpenAI, client: FlaskClient)
         ("/v1/responses/{response_id}", v1.get(f"/v1/responses/{answer}")),
         ("/v1/responses/{response_id}/input_items", v1.get(f"/v1/responses/{answer}/input_items")),
         ("/v1/conversations", v1.get("/v1/conversations")),
+        ("/v1/conversations", v1.get("/v1/conversations?query=x")),
+        ("/v1/conversations", v1.get("/v1/conversations?query=")),
         ("/v1/conversations/{conversation_id}/items", items),
         ("/v1/conversations/{conversation_id}/items/{item_id}", v1.get(f"{path}/items/{item}")),
         ("/v1/conversations/{conversation_id}/items/{item_id}", v1.get(f"{path}/items/msg_{'0' * 32}")),

@@ -22,6 +22,7 @@ from api.v1.schemas import (
     ItemPath,
     ItemsCreateBody,
     ItemsQuery,
+    conversation_match_page,
     conversation_page,
     conversation_payload,
     errors,
@@ -33,7 +34,7 @@ from services import ids
 
 CONVERSATIONS = Tag(
     name="conversations",
-    description="OpenAI's Conversations API, and a list of the caller's conversations (beyond OpenAI).",
+    description="OpenAI's Conversations API, and a list of the caller's conversations, searchable (beyond OpenAI).",
 )
 
 bp = APIBlueprint(
@@ -57,12 +58,17 @@ def create_conversation(body: ConversationCreateBody) -> Response:
 
 @bp.get("/conversations", responses={200: ConversationListObject})
 def list_conversations(query: ConversationListQuery) -> Response:
-    """List the caller's conversations, newest activity first (beyond OpenAI)
+    """List the caller's conversations, newest activity first, or those a search finds (beyond OpenAI)
 
-    Page with `after` (the previous page's `last_id`) while `has_more`.
+    With `query`, the conversations that match, best first (a matching title, else the
+    newest matching message), each once with its best hit as `match`. Page with `after`
+    (the previous page's `last_id`) while `has_more`.
     """
-    page = services().items.page(current_caller().owner, after=query.after, limit=query.limit)
-    return jsonify(conversation_page(page))
+    owner = current_caller().owner
+    if query.query is not None:
+        found = services().search.conversations(owner, query.query, after=query.after, limit=query.limit)
+        return jsonify(conversation_match_page(found))
+    return jsonify(conversation_page(services().items.page(owner, after=query.after, limit=query.limit)))
 
 
 @bp.get("/conversations/<conversation_id>", responses={200: ConversationObject})

@@ -45,6 +45,7 @@ from services.items import ConversationView, ItemView, Page
 from services.message_paths import message_text
 from services.providers.base import Sampling
 from services.responses import NewResponse, ResponseView
+from services.search import ConversationMatch, SearchHit
 
 MAX_ITEMS = 20
 """Items one request may add to a conversation, as OpenAI allows."""
@@ -367,10 +368,19 @@ class ItemPath(V1Model):
 
 
 class ConversationListQuery(V1Query):
-    """Newest activity first; `after` the id of the previous page's last conversation."""
+    """Newest activity first; with `query`, the conversations that match, best first. `after`
+    the id of the previous page's last conversation."""
 
     after: ConversationId | None = None
     limit: Annotated[int, Field(ge=1, le=100)] = 20
+    query: Annotated[NonBlank, Field(max_length=1000)] | None = Field(
+        default=None,
+        description=(
+            "Only the conversations that match, as `POST /api/chat/search` reads it (every word,"
+            ' `"a phrase"`, `-excluded`, `prefix*`, anything else literal), best first, each with its'
+            " best hit as `match`."
+        ),
+    )
 
 
 # -- answers --------------------------------------------------------------------
@@ -569,9 +579,26 @@ class ConversationPayload(TypedDict):
     title: str
 
 
+class SearchMatchPayload(TypedDict):
+    """Where a conversation matches a search: its best hit."""
+
+    item_id: Annotated[
+        str | None, Field(description="The matching message (an item, of any branch); null when the title matches.")
+    ]
+    role: Literal["user", "assistant"] | None
+    snippet: Annotated[str, Field(description="About 200 characters around the matches, each marked `**like this**`.")]
+    created_at: Annotated[int, Field(description="When the message (for a title, the conversation) was made.")]
+
+
+class ListedConversationPayload(ConversationPayload):
+    """A conversation in a list; listed by a `query`, with its best hit (beyond OpenAI)."""
+
+    match: NotRequired[SearchMatchPayload]
+
+
 class ConversationList(TypedDict):
     object: Literal["list"]
-    data: list[ConversationPayload]
+    data: list[ListedConversationPayload]
     first_id: str | None
     last_id: str | None
     has_more: bool
@@ -728,6 +755,20 @@ def conversation_payload(view: ConversationView) -> ConversationPayload:
 
 def conversation_page(page: Page[ConversationView]) -> ConversationList:
     return _listed([conversation_payload(view) for view in page.data], page.has_more)  # type: ignore[return-value]
+
+
+def match_payload(hit: SearchHit) -> SearchMatchPayload:
+    return {
+        "item_id": ids.encode(ids.MESSAGE, hit.message_id) if hit.message_id else None,
+        "role": hit.role,  # type: ignore[typeddict-item]
+        "snippet": hit.snippet,
+        "created_at": _epoch(hit.created_at),
+    }
+
+
+def conversation_match_page(page: Page[ConversationMatch]) -> ConversationList:
+    listed = [{**conversation_payload(found.conversation), "match": match_payload(found.hit)} for found in page.data]
+    return _listed(listed, page.has_more)  # type: ignore[return-value]
 
 
 # -- chat completions and models (issue 12)
