@@ -96,8 +96,10 @@ def _ping_if_idle(dbapi_connection, record, _proxy) -> None:  # type: ignore[no-
     if time.monotonic() - record.info.get("checked_in", 0.0) < IDLE_BEFORE_PING:
         return
     try:
+        dbapi_connection.autocommit = True  # the ping leaves no transaction open
         with dbapi_connection.cursor() as cursor:
             cursor.execute("SELECT 1")
+        dbapi_connection.autocommit = False
     except psycopg2.Error as error:
         raise DisconnectionError(str(error)) from error
 
@@ -106,6 +108,7 @@ def _set_statement_timeout(dbapi_connection, _record, *, seconds: float) -> None
     cursor = dbapi_connection.cursor()
     cursor.execute(f"SET statement_timeout = {int(seconds * 1000)}")
     cursor.close()
+    dbapi_connection.commit()  # a connection leaves the pool outside any transaction
 
 
 def _alembic_config() -> AlembicConfig:

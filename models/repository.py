@@ -7,6 +7,7 @@ to serializers return rows, not entities, so long conversations skip the identit
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import datetime
@@ -25,12 +26,14 @@ from sqlalchemy import (
     literal,
     null,
     select,
+    text,
     tuple_,
     type_coerce,
     update,
 )
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Update
+from sqlalchemy.sql.elements import TextClause
 
 from models.entities import DEFAULT_TITLE, ChatCompletion, Conversation, Message
 from models.statuses import FINISHED, IN_PROGRESS, INTERRUPTED
@@ -59,6 +62,22 @@ def _path_query(conversation_id: uuid.UUID, message_id: uuid.UUID) -> Select[Any
         select(Message.id, Message.parent_id, walk.c.depth + 1).where(Message.id == walk.c.parent_id)
     )
     return select(*MESSAGE_COLUMNS).join(walk, Message.id == walk.c.id).order_by(walk.c.depth.desc())
+
+
+@functools.cache
+def _new_conversation(columns: tuple[str, ...], node_columns: tuple[str, ...], nodes: int) -> TextClause:
+    """PostgreSQL: a conversation and its `nodes` first messages in one statement, written once
+    per shape with named parameters (`c_<column>`, `m<n>_<column>`). Plain SQL, because
+    SQLAlchemy compiles an INSERT holding an INSERT anew on every execution."""
+    rows = ", ".join(f"({', '.join(f':m{n}_{name}' for name in node_columns)})" for n in range(nodes))
+    sql = (
+        f"WITH new_conversation AS (INSERT INTO {_CONVERSATIONS.name} ({', '.join(columns)}) "
+        f"VALUES ({', '.join(f':c_{name}' for name in columns)})) "
+        f"INSERT INTO {_MESSAGES.name} ({', '.join(node_columns)}) VALUES {rows}"
+    )
+    types = [bindparam(f"c_{name}", type_=_CONVERSATIONS.c[name].type) for name in columns]
+    types += [bindparam(f"m{n}_{name}", type_=_MESSAGES.c[name].type) for n in range(nodes) for name in node_columns]
+    return text(sql).bindparams(*types)
 
 
 def _update_answer(answer: dict[str, Any]) -> Update:
@@ -113,12 +132,14 @@ class ConversationRepository:
         PostgreSQL (the conversation's insert in a CTE), so it can run outside a transaction."""
         shared = {"conversation_id": values["id"], "created_at": values["created_at"]}
         rows = [{**_NODE_DEFAULTS, **node, **shared} for node in nodes]
-        if self._postgresql:
-            conversation = insert(_CONVERSATIONS).values(values).returning(_CONVERSATIONS.c.id).cte("new_conversation")
-            self.session.execute(insert(_MESSAGES).values(rows).add_cte(conversation))
-        else:
+        if not self._postgresql:
             self.session.execute(insert(_CONVERSATIONS).values(values))
             self.session.execute(insert(_MESSAGES).values(rows))
+            return
+        parameters = {f"c_{name}": value for name, value in values.items()}
+        for n, row in enumerate(rows):
+            parameters.update({f"m{n}_{name}": value for name, value in row.items()})
+        self.session.execute(_new_conversation(tuple(values), tuple(rows[0]), len(rows)), parameters)
 
     def place_answer(
         self, conversation_id: uuid.UUID, moved: dict[str, Any], answer: dict[str, Any], *, new: bool
