@@ -221,9 +221,11 @@ class AskService:
     def ask_stream(self, owner: str, question: Question, *, write_early: bool = True) -> Iterator[AnswerEvent]:
         """Store the question now; the returned iterator answers it.
 
-        With `write_early` the answer's row is written as soon as the first text
-        arrives (marked in progress, under this process's lease), its text saved again as
+        The answer's row is written in progress (under this process's lease) as soon as the
+        first text arrives, or without `write_early` once the answer has taken `save_every`
+        seconds (a quick answer is then written once, at its end); its text is saved again as
         it grows (by `AnswerLeases`, every `save_every` seconds), and finished at the end.
+        So a crash loses at most about `save_every` seconds of any answer.
         Closing the iterator early cancels the upstream call and keeps the text so far,
         marked interrupted.
         """
@@ -238,7 +240,7 @@ class AskService:
         provider = self._require_provider()
         check_served(provider, question.model or provider.default_model)
         turn = self._store_question(owner, question, said, provider)
-        return self._answer(turn, provider, write_early=write_early and question.store)
+        return self._answer(turn, provider, write_early=write_early)
 
     def _require_provider(self) -> Provider:
         if self._provider is None:
@@ -352,6 +354,7 @@ class AskService:
     ) -> Iterator[AnswerEvent]:
         chunks = provider.stream_reply(turn.request)
         finished = False
+        first_save = time.perf_counter() + (0.0 if write_early else self.leases.save_every)
         try:
             waited_since = time.perf_counter()
             for chunk in map(_storable, chunks):
@@ -360,7 +363,7 @@ class AskService:
                     first_token = self._metrics.upstream_first_token_seconds
                     first_token.labels(provider.name).observe(answer.upstream_seconds)
                 answer.add(chunk)
-                if write_early and answer.text:
+                if turn.store and answer.text and (answer.stored or time.perf_counter() >= first_save):
                     self._save_progress(turn, answer)
                 if chunk.delta:
                     yield AnswerEvent(replace(answer), chunk.delta)

@@ -93,6 +93,27 @@ def test_the_rounds_run_on_their_own_every_few_hundred_milliseconds(
     two.close()
 
 
+def test_an_answer_not_streamed_is_written_in_progress_once_it_takes_a_while(
+    db: Database, provider: ScriptedProvider, asking_service: Callable[..., AskService]
+) -> None:
+    """A quick answer costs one write, at its end; a slow one is kept as it comes, as a stream is."""
+    asking = asking_service()
+    provider.answer_with(Scripted(pieces=("Quick", " one")), Scripted(pieces=("Slow", " to", " come")))
+    quick = asking.ask_stream("", Question("A"), write_early=False)
+    first = next(quick)
+    with UnitOfWork(db) as uow:
+        assert first.answer.message_id not in {m.id for m in uow.conversations.messages(first.answer.conversation_id)}
+    assert answer_row(db, list(quick)[-1]).status == "finished_successfully"
+    slow = asking.ask_stream("", Question("B"), write_early=False)
+    next(slow)
+    time.sleep(asking.leases.save_every + 0.1)  # the upstream is slow to send the rest
+    later = next(slow)
+    row = answer_row(db, later)
+    assert (row.status, row.content) == (IN_PROGRESS, "Slow to")
+    slow.close()
+    assert answer_row(db, later).status == INTERRUPTED
+
+
 def test_a_live_answer_is_left_alone_and_a_dead_one_is_marked_interrupted_with_its_text(
     db: Database, provider: ScriptedProvider, asking_service: Callable[..., AskService]
 ) -> None:
