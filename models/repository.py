@@ -80,6 +80,13 @@ def _new_conversation(columns: tuple[str, ...], node_columns: tuple[str, ...], n
     return text(sql).bindparams(*types)
 
 
+_SAVE_PROGRESS = text(
+    f"UPDATE {_MESSAGES.name} SET content = saved.content, lease_expires_at = :lease "
+    "FROM unnest(CAST(:ids AS uuid[]), CAST(:texts AS text[])) AS saved (id, content) "
+    f"WHERE {_MESSAGES.name}.id = saved.id AND {_MESSAGES.name}.status = '{IN_PROGRESS}'"
+).bindparams(bindparam("lease", type_=_MESSAGES.c.lease_expires_at.type))
+
+
 def _update_answer(answer: dict[str, Any]) -> Update:
     return update(_MESSAGES).where(_MESSAGES.c.id == answer["id"]).values(answer)
 
@@ -237,15 +244,22 @@ class ConversationRepository:
     # -- answers being written -----------------------------------------------
 
     def save_progress(self, texts: Sequence[tuple[uuid.UUID, str]], lease_expires_at: datetime) -> None:
-        """The text so far of answers being written, and their renewed leases, one statement per
-        `_BATCH` answers (once an answer is no longer in progress, its final save has the last word)."""
-        for start in range(0, len(texts), _BATCH):
-            batch = dict(texts[start : start + _BATCH])
+        """The text so far of answers being written, and their renewed leases (once an answer is
+        no longer in progress, its final save has the last word). One statement of the same
+        text however many answers: PostgreSQL takes them as two arrays, SQLite row by row."""
+        if self._postgresql:
             self.session.execute(
-                update(Message)
-                .where(Message.id.in_(batch), Message.status == _IN_PROGRESS)
-                .values(content=case(batch, value=Message.id), lease_expires_at=lease_expires_at)
+                _SAVE_PROGRESS,
+                {"ids": [str(message_id) for message_id, _ in texts], "texts": [text for _, text in texts],
+                 "lease": lease_expires_at},
             )
+            return
+        self.session.execute(
+            update(_MESSAGES)
+            .where(_MESSAGES.c.id == bindparam("answer_id"), _MESSAGES.c.status == IN_PROGRESS)
+            .values(content=bindparam("text"), lease_expires_at=bindparam("lease")),
+            [{"answer_id": message_id, "text": text, "lease": lease_expires_at} for message_id, text in texts],
+        )
 
     def renew_leases(self, message_ids: Sequence[uuid.UUID], lease_expires_at: datetime) -> None:
         for start in range(0, len(message_ids), _BATCH):
