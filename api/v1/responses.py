@@ -20,6 +20,7 @@ from api.v1.schemas import (
     ResponseObject,
     ResponsePath,
     RetrieveQuery,
+    StoredResponseObject,
     errors,
     item_page,
     response_payload,
@@ -60,7 +61,7 @@ def create_response(body: ResponseCreateBody) -> Response:
     return jsonify(response_payload(view, store=new.store))
 
 
-@bp.get("/responses/<response_id>", responses={200: ResponseObject})
+@bp.get("/responses/<response_id>", responses={200: StoredResponseObject})
 def get_response(path: ResponsePath, query: RetrieveQuery) -> Response:
     """Retrieve a response (any answer of the caller's conversations, `ask`'s too)"""
     return jsonify(response_payload(services().responses.get(current_caller().owner, path.response_id)))
