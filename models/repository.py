@@ -436,6 +436,15 @@ class ConversationRepository:
         )
         return iter(self.session.execute(query))
 
+    def export_chat_completions(self, conversation_ids: Sequence[uuid.UUID]) -> Sequence[Row[Any]]:
+        """The stored chat completions of these conversations, each with its `conversation_id`."""
+        return self.session.execute(
+            select(*ChatCompletion.__table__.columns, Message.conversation_id)
+            .join(Message, Message.id == ChatCompletion.id)
+            .where(Message.conversation_id.in_(conversation_ids))
+            .order_by(ChatCompletion.created_at, ChatCompletion.id)
+        ).all()
+
     # -- /v1: single messages, metadata ------------------------------------------
 
     def add_chain(
