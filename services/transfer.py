@@ -25,6 +25,9 @@ exporters write). How it is stored:
   (the deepest among equally recent ones), never from its empty root.
 - A conversation already present (by id) is skipped, so importing again adds nothing,
   and importing a file again after it broke off part-way adds the rest.
+- What /v1 kept (metadata, response fields, stored chat completions) goes out and comes
+  back under the conversation's `gpt_api` key (`services/transfer_extension.py`); token
+  usage comes back from each message's `metadata.usage`.
 """
 
 from __future__ import annotations
