@@ -485,6 +485,15 @@ class ConversationRepository:
         self.session.execute(update(Message).where(Message.parent_id == message_id).values(parent_id=parent_id))
         self.session.execute(delete(Message).where(Message.id == message_id))
 
+    def forget_upstream(self, conversation_id: uuid.UUID) -> None:
+        """Forget the upstream's ids of a conversation and its messages (its copy there is gone)."""
+        self.session.execute(update(Conversation).where(Conversation.id == conversation_id).values(upstream_id=None))
+        self.session.execute(
+            update(Message)
+            .where(Message.conversation_id == conversation_id, Message.upstream_id.is_not(None))
+            .values(upstream_id=None)
+        )
+
     def set_metadata(self, owner: str, conversation_id: uuid.UUID, metadata: dict[str, str]) -> bool:
         updated = self.session.execute(
             update(Conversation)
