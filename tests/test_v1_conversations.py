@@ -329,6 +329,12 @@ def test_limits_on_items_and_metadata_are_400_naming_the_field(sdk: openai.OpenA
         (lambda: sdk.conversations.items.list(conversation.id, include=["message.output_text.logprobs"]), "include"),
         (lambda: sdk.conversations.retrieve("conv_nothex"), "conversation_id"),
         (lambda: sdk.conversations.items.retrieve("msg_x", conversation_id=conversation.id), "item_id"),
+        # query parameters a route does not take are refused too, not ignored
+        (lambda: sdk.conversations.create(extra_query={"order": "asc"}), "order"),
+        (lambda: sdk.conversations.retrieve(conversation.id, extra_query={"include[]": "x"}), "include"),
+        (lambda: sdk.conversations.update(conversation.id, metadata={}, extra_query={"x": "1"}), "x"),
+        (lambda: sdk.conversations.delete(conversation.id, extra_query={"x": "1"}), "x"),
+        (lambda: sdk.responses.create(model=MODEL, input="Hi", extra_query={"background": "true"}), "background"),
     ]
     for call, param in cases:
         with pytest.raises(openai.BadRequestError) as raised:

@@ -15,6 +15,7 @@ from api.v1.response_events import ResponseEvents
 from api.v1.schemas import (
     ItemListObject,
     ItemsQuery,
+    NoQuery,
     ResponseCreateBody,
     ResponseDeletedObject,
     ResponseObject,
@@ -41,7 +42,7 @@ bp.before_request(require_json_object)
 
 
 @bp.post("/responses", responses={200: ResponseObject, **errors(502, 504)})
-def create_response(body: ResponseCreateBody) -> Response:
+def create_response(query: NoQuery, body: ResponseCreateBody) -> Response:
     """Create a response
 
     Without `previous_response_id` or `conversation`, a new conversation (listed by the six
@@ -68,7 +69,7 @@ def get_response(path: ResponsePath, query: RetrieveQuery) -> Response:
 
 
 @bp.delete("/responses/<response_id>", responses={200: ResponseDeletedObject})
-def delete_response(path: ResponsePath) -> Response:
+def delete_response(path: ResponsePath, query: NoQuery) -> Response:
     """Delete a response: the answer and every message below it"""
     services().responses.delete(current_caller().owner, path.response_id)
     return jsonify({"id": ids.encode(ids.RESPONSE, path.response_id), "object": "response", "deleted": True})

@@ -315,6 +315,10 @@ class V1Query(V1Model):
         return data
 
 
+class NoQuery(V1Query):
+    """A route that takes no query parameters: any is a 400 naming it."""
+
+
 class RetrieveQuery(V1Query):
     include: Annotated[Any, only(None, why="there is nothing more to include")] = None
     stream: Annotated[Any, only(None, "false", why="a stored response is read whole")] = None
