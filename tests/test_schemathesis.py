@@ -62,10 +62,12 @@ def run(schema: BaseSchema) -> Outcome:
                     if node.status == Status.FAILURE and node.failure_info is not None:
                         case = event.recorder.cases[case_id].value
                         failure = node.failure_info.failure
+                        answered = event.recorder.interactions.get(case_id)
+                        answer = answered.response.content[:300] if answered and answered.response else b""
                         outcome.failures.append(
                             f"{event.recorder.label} {node.name}: {failure.title}\n"
                             f"  {case.method} {case.path} {case.path_parameters} query={case.query} body={case.body!r}\n"
-                            f"  {failure.message[:800]}"
+                            f"  {failure.message[:800]}\n  answered: {answer!r}"
                         )
         elif isinstance(event, events.PhaseStarted) and isinstance(event.payload, events.StatefulPhasePayload):
             outcome.links = event.payload.transitions_selected
