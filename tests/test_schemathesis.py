@@ -78,7 +78,8 @@ def run(schema: BaseSchema) -> Outcome:
     return outcome
 
 
-def checked(app: Flask, surface: str) -> Outcome:
+def checked(app: Flask, *, v1: bool) -> Outcome:
+    """Schemathesis over `/v1` alone, or over the rest of the document; every failure fails."""
     config = schemathesis.Config.from_dict({
         "seed": SEED,
         "checks": {"enabled": True},
@@ -90,7 +91,7 @@ def checked(app: Flask, surface: str) -> Outcome:
         }},
     })
     schema = schemathesis.openapi.from_wsgi("/openapi.json", app, config=config)
-    outcome = run(schema.include(path_regex=V1) if surface == "v1" else schema.exclude(path_regex=V1))
+    outcome = run(schema.include(path_regex=V1) if v1 else schema.exclude(path_regex=V1))
     assert not outcome.failures, "\n\n".join(outcome.failures)
     for phase in ("coverage", "fuzzing", "stateful"):
         assert outcome.phases.get(phase) == Status.SUCCESS, outcome.phases
@@ -102,14 +103,14 @@ def checked(app: Flask, surface: str) -> Outcome:
 
 
 def test_the_six_routes_and_the_rest_agree_with_the_spec(app: Flask) -> None:
-    outcome = checked(app, "six routes")
+    outcome = checked(app, v1=False)
     assert outcome.links >= 5, "the stateful phase follows the links from ask's answer"
     assert outcome.answered["stateful 200 POST /api/chat/ask"], outcome.answered
 
 
 def test_v1_agrees_with_the_spec(app: Flask) -> None:
-    outcome = checked(app, "v1")
-    assert not {op for op in outcome.operations if not op.startswith(("GET /v1/", "POST /v1/", "DELETE /v1/"))}
-    assert len(outcome.operations) >= 20, outcome.operations  # responses, conversations, chat completions, models
+    outcome = checked(app, v1=True)
+    for family in ("/v1/responses", "/v1/conversations", "/v1/chat/completions", "/v1/models"):
+        assert any(operation.split(" ", 1)[1].startswith(family) for operation in outcome.operations), family
     by_id = {key.split(" ", 2)[2] for key in outcome.answered if key.startswith("stateful 200") and "{" in key}
     assert len(by_id) >= 3, by_id  # chains that reach things by the ids of earlier answers
