@@ -158,14 +158,19 @@ class Placement:
         except (TypeError, ValueError, AttributeError):
             return None
 
-    def completions(self, extension: Extension, owner: str, moment: Callable[[Any], datetime | None]) -> list[dict[str, Any]]:
-        """The stored chat completions' rows, for answers that are nodes of this conversation."""
+    def completions(
+        self, extension: Extension, owner: str, moment: Callable[[Any], datetime | None]
+    ) -> list[dict[str, Any]]:
+        """The stored chat completions' rows, for answers that are nodes of this conversation
+        (`created_at` None when the file's time is unreadable)."""
         rows = []
         for completion in extension.completions:
             node = completion.get("id")
             response = completion.get("response")
             model = completion.get("model")
-            if not (isinstance(node, str) and node in self._ids and isinstance(response, dict) and isinstance(model, str)):
+            if not isinstance(node, str) or node not in self._ids:
+                continue
+            if not isinstance(response, dict) or not isinstance(model, str):
                 continue
             choices = response.get("choices")
             if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):

@@ -576,3 +576,25 @@ def test_what_v1_kept_survives_an_export_and_an_import_under_another_owner(
     v1(client, "POST", "/chat/completions", {"messages": continued}, key=key)
     assert len(v1(client, "GET", "/conversations", key=key)["data"]) == 2
     assert v1(client, "POST", "/responses", {"previous_response_id": second["id"], "input": "Why?"}, key=key)
+
+
+def test_what_of_gpt_api_an_import_cannot_use_is_left_out_not_the_conversation(
+    app: Flask, client: FlaskClient, tmp_path: Path
+) -> None:
+    answer = "0b6f5e4d-2222-4c3b-9a18-1e2f3a4b5c01"
+    capitals = by_id(json.loads(EXPORT.read_text(encoding="utf-8")))[CAPITALS]
+    capitals["gpt_api"] = {
+        "metadata": {"k": 5},  # not a string
+        "responses": {answer: {"input_ids": ["no-such-node"]}, "aaa2b3c4-1111-4d5e-8f60-7a8b9c0d1e01": "x"},
+        "chat_completions": [{"id": {}}, {"id": answer, "model": "m", "response": {"choices": [{"message_id": "nope"}]}}],
+        "chat_path": 3,
+    }
+    path = tmp_path / "odd.json"
+    path.write_text(json.dumps([capitals]), encoding="utf-8")
+    assert import_file(app, path).conversations == 1
+    conversation = v1(client, "GET", f"/conversations/conv_{CAPITALS.replace('-', '')}")
+    assert conversation["metadata"] == {}
+    response = v1(client, "GET", f"/responses/resp_{answer.replace('-', '')}")
+    assert response["instructions"] is None and response["output"][0]["content"][0]["text"]
+    assert v1(client, "GET", "/chat/completions")["data"] == []
+    assert "gpt_api" not in export_all(app)[0]  # nothing of it was kept
