@@ -450,6 +450,15 @@ class ConversationRepository:
         )
         return iter(self.session.execute(query))
 
+    def export_chat_completions(self, conversation_ids: Sequence[uuid.UUID]) -> Sequence[Row[Any]]:
+        """The stored chat completions of these conversations, each with its `conversation_id`."""
+        return self.session.execute(
+            select(*ChatCompletion.__table__.columns, Message.conversation_id)
+            .join(Message, Message.id == ChatCompletion.id)
+            .where(Message.conversation_id.in_(conversation_ids))
+            .order_by(ChatCompletion.created_at, ChatCompletion.id)
+        ).all()
+
     # -- /v1: single messages, metadata ------------------------------------------
 
     def add_chain(
@@ -489,6 +498,15 @@ class ConversationRepository:
         """Take one message out of its tree; its children move up to its parent."""
         self.session.execute(update(Message).where(Message.parent_id == message_id).values(parent_id=parent_id))
         self.session.execute(delete(Message).where(Message.id == message_id))
+
+    def forget_upstream(self, conversation_id: uuid.UUID) -> None:
+        """Forget the upstream's ids of a conversation and its messages (its copy there is gone)."""
+        self.session.execute(update(Conversation).where(Conversation.id == conversation_id).values(upstream_id=None))
+        self.session.execute(
+            update(Message)
+            .where(Message.conversation_id == conversation_id, Message.upstream_id.is_not(None))
+            .values(upstream_id=None)
+        )
 
     def set_metadata(self, owner: str, conversation_id: uuid.UUID, metadata: dict[str, str]) -> bool:
         updated = self.session.execute(

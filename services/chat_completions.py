@@ -32,6 +32,7 @@ from services.chatgpt_format import message_document
 from services.completion_chunks import CompletionBuilder
 from services.completion_context import fit_messages
 from services.context_window import ContextFitter
+from services.conversations import ConversationService
 from services.errors import (
     ChatCompletionNotFound,
     InvalidRequest,
@@ -182,6 +183,7 @@ class ChatCompletionService:
         provider: Provider | None,
         *,
         asking: AskService,
+        conversations: ConversationService,
         metrics: Metrics,
         titles: TitleWriter,
         store: bool = True,
@@ -192,6 +194,7 @@ class ChatCompletionService:
         self._db = db
         self._provider = provider
         self._asking = asking
+        self._conversations = conversations
         self._metrics = metrics
         self._titles = titles
         self._store = store
@@ -546,7 +549,13 @@ class ChatCompletionService:
         return self.retrieve(owner, completion_id)
 
     def delete(self, owner: str, completion_id: uuid.UUID) -> None:
-        """The answer (every choice) and whatever continues below it; the request's messages stay."""
+        """The answer (every choice) and whatever continues below it; the request's messages stay.
+        An upstream copy of the conversation is hidden first (see `ConversationService.drop_upstream_copy`)."""
+        with UnitOfWork(self._db) as uow:
+            found = uow.conversations.chat_completion(owner, completion_id)
+        if found is None:
+            raise _missing(completion_id)
+        self._conversations.drop_upstream_copy(owner, found.conversation_id)
         with UnitOfWork(self._db) as uow:
             repo = uow.conversations
             row = repo.chat_completion(owner, completion_id)

@@ -100,6 +100,7 @@ def build_services(settings: Settings) -> Services:
             database,
             provider,
             asking=asking,
+            conversations=conversations,
             metrics=metrics,
             titles=titles,
             store=settings.store_chat_completions,
@@ -108,7 +109,9 @@ def build_services(settings: Settings) -> Services:
             context=context,
         ),
         models=ModelCatalog(provider, ttl=settings.models_cache_seconds, unconfigured_reason=reason),
-        responses=ResponseService(database, asking, one_message_upstream=settings.llm_provider == "chatgpt"),
+        responses=ResponseService(
+            database, asking, conversations, one_message_upstream=settings.llm_provider == "chatgpt"
+        ),
         search=SearchService(database, settings.search_language),
         items=ConversationItems(database, asking, conversations),
     )

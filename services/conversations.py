@@ -1,7 +1,9 @@
 """Reading and changing conversations: list, history, rename, delete, clear.
 
 A provider that keeps its own copy upstream (ChatGPT) is told of renames and deletions
-before they are made here.
+before they are made here. ChatGPT cannot delete one message: before messages leave a
+conversation here (through /v1), its copy there is hidden whole and forgotten, and the
+next answer starts a new upstream conversation.
 """
 
 from __future__ import annotations
@@ -72,6 +74,19 @@ class ConversationService:
         with UnitOfWork(self._db) as uow:
             if not uow.conversations.delete(owner, conversation_id):
                 raise _missing(conversation_id)  # deleted meanwhile
+            uow.commit()
+
+    def drop_upstream_copy(self, owner: str, conversation_id: uuid.UUID) -> None:
+        """Before messages leave the conversation: hide its upstream copy, as `delete` does
+        (one message cannot be deleted there), and forget the upstream's ids, so the next
+        answer starts a new upstream conversation. The upstream's refusal is raised, and then
+        nothing is changed here."""
+        upstream_id = self._upstream_id(owner, conversation_id)
+        if not upstream_id or self._provider is None:
+            return
+        self._provider.delete(upstream_id)
+        with UnitOfWork(self._db) as uow:
+            uow.conversations.forget_upstream(conversation_id)
             uow.commit()
 
     def clear(self, owner: str) -> None:

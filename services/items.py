@@ -153,7 +153,11 @@ class ConversationItems:
             return item_of(self._item(uow.conversations, owner, conversation_id, item_id))
 
     def remove(self, owner: str, conversation_id: uuid.UUID, item_id: uuid.UUID) -> ConversationView:
-        """Take the item out of the tree; the current node moves up if it was that item."""
+        """Take the item out of the tree; the current node moves up if it was that item. An
+        upstream copy of the conversation is hidden first (see `drop_upstream_copy`)."""
+        with UnitOfWork(self._db) as uow:
+            self._item(uow.conversations, owner, conversation_id, item_id)
+        self._conversations.drop_upstream_copy(owner, conversation_id)
         with UnitOfWork(self._db) as uow:
             repo = uow.conversations
             message = self._item(repo, owner, conversation_id, item_id)

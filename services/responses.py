@@ -21,6 +21,7 @@ from models.entities import utcnow
 from models.repository import ConversationRepository
 from services import ids
 from services.asking import IN_PROGRESS, INTERRUPTED, Answer, AnswerEvent, AskService, Question, Said
+from services.conversations import ConversationService
 from services.errors import InvalidRequest, NotFound
 from services.items import ItemView, Page, item_of, page_of
 from services.providers.base import Sampling
@@ -157,11 +158,19 @@ def view_of_row(row: Any) -> ResponseView:
 class ResponseService:
     """Creates responses through `AskService`; reads, lists the input of, and deletes them."""
 
-    def __init__(self, db: Database, asking: AskService, *, one_message_upstream: bool = False) -> None:
+    def __init__(
+        self,
+        db: Database,
+        asking: AskService,
+        conversations: ConversationService,
+        *,
+        one_message_upstream: bool = False,
+    ) -> None:
         """`one_message_upstream`: the upstream keeps the conversation and takes one user message
         per turn (a ChatGPT account), so what it cannot honour is refused."""
         self._db = db
         self._asking = asking
+        self._conversations = conversations
         self._one_message_upstream = one_message_upstream
 
     def create(self, owner: str, new: NewResponse) -> ResponseView:
@@ -193,7 +202,12 @@ class ResponseService:
         return page_of(items, lambda item: item.id, after=after, limit=limit, order=order)
 
     def delete(self, owner: str, response_id: uuid.UUID) -> None:
-        """The answer and every message below it; a current node among them moves up to its parent."""
+        """The answer and every message below it; a current node among them moves up to its
+        parent. An upstream copy of the conversation is hidden first (ChatGPT's, which cannot
+        delete one message: see `ConversationService.drop_upstream_copy`)."""
+        with UnitOfWork(self._db) as uow:
+            conversation_id = _response_row(uow.conversations, owner, response_id).conversation_id
+        self._conversations.drop_upstream_copy(owner, conversation_id)
         with UnitOfWork(self._db) as uow:
             repo = uow.conversations
             row = _response_row(repo, owner, response_id)

@@ -25,6 +25,9 @@ exporters write). How it is stored:
   (the deepest among equally recent ones), never from its empty root.
 - A conversation already present (by id) is skipped, so importing again adds nothing,
   and importing a file again after it broke off part-way adds the rest.
+- What /v1 kept (metadata, response fields, stored chat completions) goes out and comes
+  back under the conversation's `gpt_api` key (`services/transfer_extension.py`); token
+  usage comes back from each message's `metadata.usage`.
 """
 
 from __future__ import annotations
@@ -46,14 +49,18 @@ from sqlalchemy import Row
 
 from models.db import Database
 from models.entities import DEFAULT_TITLE, Conversation, utcnow
+from services import transfer_extension
 from services.chatgpt_format import message_document
+from services.message_paths import message_text
+from services.chat_completions import ORIGINAL_KEY
+from services.transfer_extension import Extension, Placement
 from services.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
 
 NODE_NAMESPACE = uuid.UUID("6f1d3c52-0d8e-4b8e-9a57-8a3c2b1f0e64")
 """uuid5 namespace for node ids that cannot be kept as they are."""
-DIALOGUE_ROLES = ("system", "user", "assistant")
+DIALOGUE_ROLES = ("system", "developer", "user", "assistant")
 TEXT_CONTENT = ("text", "multimodal_text")
 COMMIT_EVERY = 2000
 """Messages written per transaction during an import (a conversation is never split)."""
@@ -237,13 +244,15 @@ def _message_fields(node: FileNode) -> dict[str, Any]:
     if node.message is None:
         return {
             "role": None, "content": "", "status": "finished_successfully", "end_turn": None,
-            "model": None, "finish_details": None, "original": None,
+            "model": None, "finish_details": None, "prompt_tokens": None, "completion_tokens": None,
+            "original": None,
         }
     original = node.message.decode()
     message = json.loads(original)
     author = message.get("author") if isinstance(message.get("author"), dict) else {}
     metadata = message.get("metadata") if isinstance(message.get("metadata"), dict) else {}
     finish = metadata.get("finish_details")
+    usage = metadata.get("usage") if isinstance(metadata.get("usage"), dict) else {}
     end_turn = message.get("end_turn")
     return {
         "role": _text(author.get("role"), 16) or "unknown",
@@ -252,8 +261,15 @@ def _message_fields(node: FileNode) -> dict[str, Any]:
         "end_turn": end_turn if isinstance(end_turn, bool) else None,
         "model": _text(metadata.get("model_slug"), 128),
         "finish_details": _text(finish.get("type"), 32) if isinstance(finish, dict) else None,
+        "prompt_tokens": _count(usage.get("prompt_tokens")),
+        "completion_tokens": _count(usage.get("completion_tokens")),
         "original": original,
     }
+
+
+def _count(value: Any) -> int | None:
+    """A token count as a message's `metadata.usage` has it (what an INTEGER column holds)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31 else None
 
 
 def _moment(value: Any) -> datetime | None:
@@ -291,7 +307,12 @@ def _file_id(fields: dict[str, Any]) -> str | None:
 
 
 def dialogue_text(message: dict[str, Any]) -> str:
-    """What the upstream is shown of an imported message when the conversation continues."""
+    """What the upstream is shown of an imported message when the conversation continues (of a
+    message /v1/chat/completions kept whole, the text of the message it kept)."""
+    metadata = message.get("metadata")
+    kept = metadata.get(ORIGINAL_KEY) if isinstance(metadata, dict) else None
+    if isinstance(kept, dict):
+        return message_text(kept.get("content")).replace("\x00", "\ufffd")
     author = message.get("author") if isinstance(message.get("author"), dict) else {}
     content = message.get("content") if isinstance(message.get("content"), dict) else {}
     if author.get("role") not in DIALOGUE_ROLES or message.get("recipient", "all") != "all":
@@ -326,6 +347,8 @@ class _Placed:
 
     key: str
     id: uuid.UUID
+    parent: str | None
+    """Its parent's key."""
     parent_id: uuid.UUID | None
     created_at: datetime
     depth: int
@@ -391,6 +414,7 @@ class ConversationTransfer:
         current = fields.get("current_node")
         current_id = next((node.id for node in placed if node.key == current), None)
         title = fields.get("title")
+        extension = transfer_extension.read(fields.get(transfer_extension.KEY))
         uow.conversations.import_conversation(
             id=conversation_id,
             owner=self._owner,
@@ -399,16 +423,49 @@ class ConversationTransfer:
             updated_at=_moment(fields.get("update_time")) or created,
             current_node_id=current_id or _latest_leaf(placed),
             # The mapping lives in the messages; its key stays, to keep the key order, and
-            # holds what the messages cannot: the parents that orphan nodes named.
-            original={**fields, "mapping": orphans or None},
+            # holds what the messages cannot: the parents that orphan nodes named. What /v1
+            # kept goes back to its own rows and columns.
+            original={
+                **{key: value for key, value in fields.items() if key != transfer_extension.KEY},
+                "mapping": orphans or None,
+            },
+            metadata_=extension.metadata,
         )
+        placement = Placement({node.key: node.id for node in placed})
+        hashes = self._chat_path_hashes(extension, placed, mapping)
         for start in range(0, len(placed), INSERT_CHUNK):
-            uow.conversations.import_messages(
-                [_row(conversation_id, node, mapping[node.key]) for node in placed[start : start + INSERT_CHUNK]]
-            )
+            uow.conversations.import_messages([
+                {
+                    **_row(conversation_id, node, mapping[node.key]),
+                    "response_fields": placement.response_fields(extension, node.key),
+                    "path_hash": hashes.get(node.key),
+                }
+                for node in placed[start : start + INSERT_CHUNK]
+            ])
+        times = {node.id: node.created_at for node in placed}
+        for completion in placement.completions(extension, self._owner, _moment):
+            completion["created_at"] = completion["created_at"] or times[completion["id"]]
+            uow.conversations.add_chat_completion(**completion)
         report.conversations += 1
         report.messages += len(placed)
         return len(placed)
+
+    def _chat_path_hashes(
+        self, extension: Extension, placed: Sequence[_Placed], mapping: dict[str, FileNode]
+    ) -> dict[str, str]:
+        """The path hashes of the nodes /v1/chat/completions threads by, for this owner."""
+        if not extension.chat_path:
+            return {}
+
+        def chat_nodes() -> Iterator[tuple[str, str | None, dict[str, Any]]]:
+            for node in placed:
+                raw = mapping[node.key].message
+                if node.key in extension.chat_path and raw is not None:
+                    fields = _message_fields(mapping[node.key])
+                    message = transfer_extension.chat_message(json.loads(raw), fields["role"], fields["content"])
+                    yield node.key, node.parent, message
+
+        return transfer_extension.chat_path_hashes(extension, self._owner, chat_nodes())
 
     @staticmethod
     def _place(
@@ -431,7 +488,7 @@ class ConversationTransfer:
             if previous is not None and moment <= previous:  # keep the file's sibling order
                 moment = previous + ONE_MICROSECOND
             times[key] = last_child[parent] = moment
-            placed.append(_Placed(key, ids[key], ids[parent] if parent is not None else None, moment, depth))
+            placed.append(_Placed(key, ids[key], parent, ids[parent] if parent is not None else None, moment, depth))
         return placed
 
     # -- export --------------------------------------------------------------
@@ -440,22 +497,27 @@ class ConversationTransfer:
         """Write `conversations.json` to `out`, newest activity first; returns the count."""
         out.write("[")
         count = 0
-        for conversation, messages in self._conversations(every_owner):
+        for conversation, messages, completions in self._conversations(every_owner):
             out.write(",\n" if count else "\n")
-            _write_conversation(out, conversation, messages)
+            _write_conversation(out, conversation, messages, completions)
             count += 1
         out.write("\n]\n" if count else "]\n")
         return count
 
-    def _conversations(self, every_owner: bool) -> Iterator[tuple[Conversation, list[Row[Any]]]]:
-        """Each conversation with its messages. A page of conversations per unit of work,
-        its messages in one streamed query; one conversation's rows are held at a time."""
+    def _conversations(self, every_owner: bool) -> Iterator[tuple[Conversation, list[Row[Any]], list[Row[Any]]]]:
+        """Each conversation with its messages and stored chat completions. A page of
+        conversations per unit of work, its messages in one streamed query; one
+        conversation's messages are held at a time."""
         after: tuple[datetime, uuid.UUID] | None = None
         owner = None if every_owner else self._owner
         while True:
             with UnitOfWork(self._db) as uow:
                 page = uow.conversations.export_page(owner, after=after, limit=EXPORT_PAGE)
-                rows = uow.conversations.export_messages([conversation.id for conversation in page])
+                ids = [conversation.id for conversation in page]
+                completions: dict[uuid.UUID, list[Row[Any]]] = {}
+                for completion in uow.conversations.export_chat_completions(ids):
+                    completions.setdefault(completion.conversation_id, []).append(completion)
+                rows = uow.conversations.export_messages(ids)
                 groups = itertools.groupby(rows, key=lambda row: row.conversation_id)
                 group = next(groups, None)
                 for conversation in page:
@@ -463,7 +525,7 @@ class ConversationTransfer:
                     if group is not None and group[0] == conversation.id:
                         messages = list(group[1])
                         group = next(groups, None)
-                    yield conversation, messages
+                    yield conversation, messages, completions.get(conversation.id, [])
                 if len(page) < EXPORT_PAGE:
                     return
                 after = (page[-1].updated_at, page[-1].id)
@@ -488,7 +550,9 @@ def _latest_leaf(placed: Sequence[_Placed]) -> uuid.UUID | None:
     return max(leaves, key=lambda node: (node.created_at, node.depth)).id if leaves else None
 
 
-def _write_conversation(out: IO[str], conversation: Conversation, messages: Sequence[Row[Any]]) -> None:
+def _write_conversation(
+    out: IO[str], conversation: Conversation, messages: Sequence[Row[Any]], completions: Sequence[Row[Any]]
+) -> None:
     """One entry of `conversations.json`, written node by node (the same text `json.dumps`
     would give for the whole)."""
     keys = {row.id: row.original_id or str(row.id) for row in messages}
@@ -500,6 +564,11 @@ def _write_conversation(out: IO[str], conversation: Conversation, messages: Sequ
     orphans = original.get("mapping") if isinstance(original.get("mapping"), dict) else {}
     current = conversation.current_node_id
     document = _export_fields(conversation, keys.get(current, str(current)) if current else None)
+    extension = transfer_extension.exported(
+        conversation.metadata_, messages, completions, lambda node_id: keys.get(node_id, str(node_id))
+    )
+    if extension is not None:
+        document[transfer_extension.KEY] = extension
     out.write("{")
     for position, (name, value) in enumerate(document.items()):
         out.write((", " if position else "") + json.dumps(name, ensure_ascii=False) + ": ")

@@ -14,14 +14,16 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 from werkzeug.serving import make_server
 
+from app import create_app
+from fakes.chatgpt_backend import FakeChatGPTBackend
 from models.entities import Conversation, Message
 from services.api_keys import ApiKeys
 from services.unit_of_work import UnitOfWork
+from tests.conftest import make_settings
 from tests.helpers import history
 
 
-@pytest.fixture
-def base_url(app: Flask) -> Iterator[str]:
+def served(app: Flask) -> Iterator[str]:
     """The app on a real threaded WSGI server, for the SDK's own HTTP client."""
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(
@@ -31,6 +33,26 @@ def base_url(app: Flask) -> Iterator[str]:
     yield f"http://127.0.0.1:{server.server_port}/v1"
     server.shutdown()
     thread.join()
+
+
+@pytest.fixture
+def base_url(app: Flask) -> Iterator[str]:
+    yield from served(app)
+
+
+@pytest.fixture
+def chatgpt_sdk(database_url: str) -> Iterator[tuple[FakeChatGPTBackend, openai.OpenAI]]:
+    """The fake ChatGPT backend-api, and an SDK client of an app whose upstream it is."""
+    with FakeChatGPTBackend() as backend:
+        backend.reply = lambda prompt: f"You said: {prompt}"
+        settings = make_settings(
+            database_url, None, llm_provider="chatgpt", chatgpt_access_token=backend.token,
+            chatgpt_base_url=backend.url, upstream_read_timeout=3.0,
+        )
+        app = create_app(settings)
+        for url in served(app):
+            yield backend, openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=10)
+        app.services.close()
 
 
 @pytest.fixture

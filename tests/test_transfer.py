@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 from cli import cli
 from fakes.openai_upstream import FakeOpenAI, Reply
 from models.entities import Conversation, Message
+from services.api_keys import ApiKeys
 from services.transfer import ConversationTransfer, read_export
 from services.unit_of_work import UnitOfWork
 from tests.helpers import ask, check_tree, history, ok, post
@@ -498,3 +499,102 @@ def test_a_huge_conversation_imports_and_exports_in_about_its_own_size(database_
     imported, exported = map(int, probe.stdout.split())
     print(f"{size / 2**20:.1f} MiB conversation: import +{imported / size:.1f}x, export +{exported / size:.1f}x")
     assert imported < 3 * size and exported < 3 * size
+
+
+def v1(client: FlaskClient, method: str, path: str, body: Any = None, key: str | None = None) -> Any:
+    """A 200 answer of `/v1<path>`, as the caller of `key` (None: the anonymous caller)."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    response = client.open(f"/v1{path}", method=method, json=body, headers=headers)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return response.get_json()
+
+
+def everything_v1_shows(client: FlaskClient, key: str | None = None) -> dict[str, Any]:
+    """Every object `/v1` and `msg/history` give of the caller's conversations."""
+    seen: dict[str, Any] = {}
+    for conversation in v1(client, "GET", "/conversations?limit=100", key=key)["data"]:
+        cid = conversation["id"]
+        seen[cid] = conversation
+        seen[f"{cid}/items"] = v1(client, "GET", f"/conversations/{cid}/items?limit=100&order=asc", key=key)
+        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}" if key else ""
+        tree = history(client, cid.removeprefix("conv_"))
+        seen[f"{cid}/history"] = tree
+        for node in tree["mapping"].values():
+            if (node.get("message") or {}).get("author", {}).get("role") == "assistant":
+                rid = "resp_" + node["id"].replace("-", "")
+                seen[rid] = v1(client, "GET", f"/responses/{rid}", key=key)
+                seen[f"{rid}/input_items"] = v1(client, "GET", f"/responses/{rid}/input_items?limit=100", key=key)
+    completions = v1(client, "GET", "/chat/completions?limit=100", key=key)
+    seen["chat_completions"] = completions
+    for completion in completions["data"]:
+        seen[f"{completion['id']}/messages"] = v1(client, "GET", f"/chat/completions/{completion['id']}/messages", key=key)
+    return seen
+
+
+def test_what_v1_kept_survives_an_export_and_an_import_under_another_owner(
+    app: Flask, client: FlaskClient, fake_upstream: FakeOpenAI, tmp_path: Path
+) -> None:
+    conversation = v1(client, "POST", "/conversations", {
+        "metadata": {"topic": "capitals"}, "items": [{"role": "user", "content": "Let us talk about capitals."}],
+    })
+    first = v1(client, "POST", "/responses", {
+        "conversation": conversation["id"], "input": "Capital of France?", "instructions": "Be brief.",
+        "metadata": {"run": "1"}, "temperature": 0.5, "top_p": 0.9, "max_output_tokens": 50, "user": "u-1",
+    })
+    fake_upstream.script(Reply(text="Rome, and then I stopped", finish_reason="length", usage=(11, 3)))
+    second = v1(client, "POST", "/responses", {
+        "previous_response_id": first["id"],
+        "input": [{"role": "developer", "content": "Answer in one word."}, {"role": "user", "content": "Italy?"}],
+    })
+    v1(client, "POST", "/responses", {"previous_response_id": first["id"], "input": "Spain?"})  # a branch
+    chat = v1(client, "POST", "/chat/completions", {
+        "messages": [{"role": "user", "content": "Hi"}], "metadata": {"app": "test"},
+    })
+    said = [{"role": "user", "content": "Hi"}, chat["choices"][0]["message"], {"role": "user", "content": "More"}]
+    v1(client, "POST", "/chat/completions", {"messages": said})
+    v1(client, "POST", f"/conversations/{conversation['id']}", {"metadata": {"topic": "capitals", "v": "2"}})
+    before = everything_v1_shows(client)
+    assert before[second["id"]]["status"] == "incomplete" and before[second["id"]]["usage"]["input_tokens"] == 11
+    assert before[first["id"]]["instructions"] == "Be brief." and before[first["id"]]["temperature"] == 0.5
+    assert [item["role"] for item in before[f"{second['id']}/input_items"]["data"]] == ["user", "developer"]
+    assert len(before["chat_completions"]["data"]) == 2
+
+    exported = export_all(app)
+    assert {c["gpt_api"]["metadata"].get("topic") for c in exported if "metadata" in c.get("gpt_api", {})} == {"capitals"}
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps(exported), encoding="utf-8")
+    post(client, "clear/conversations", {})
+    assert count_rows(app) == (0, 0)
+    key = ApiKeys(app.services.database).create("bob").key
+    assert import_file(app, path, owner="bob").conversations == 2
+
+    after = everything_v1_shows(client, key)
+    assert after == before
+    # Bob's chat threads into the imported exchange: its path hashes are his.
+    continued = [*said, v1(client, "GET", f"/chat/completions/{before['chat_completions']['data'][1]['id']}", key=key)
+                 ["choices"][0]["message"], {"role": "user", "content": "Again"}]
+    v1(client, "POST", "/chat/completions", {"messages": continued}, key=key)
+    assert len(v1(client, "GET", "/conversations", key=key)["data"]) == 2
+    assert v1(client, "POST", "/responses", {"previous_response_id": second["id"], "input": "Why?"}, key=key)
+
+
+def test_what_of_gpt_api_an_import_cannot_use_is_left_out_not_the_conversation(
+    app: Flask, client: FlaskClient, tmp_path: Path
+) -> None:
+    answer = "0b6f5e4d-2222-4c3b-9a18-1e2f3a4b5c01"
+    capitals = by_id(json.loads(EXPORT.read_text(encoding="utf-8")))[CAPITALS]
+    capitals["gpt_api"] = {
+        "metadata": {"k": 5},  # not a string
+        "responses": {answer: {"input_ids": ["no-such-node"]}, "aaa2b3c4-1111-4d5e-8f60-7a8b9c0d1e01": "x"},
+        "chat_completions": [{"id": {}}, {"id": answer, "model": "m", "response": {"choices": [{"message_id": "nope"}]}}],
+        "chat_path": 3,
+    }
+    path = tmp_path / "odd.json"
+    path.write_text(json.dumps([capitals]), encoding="utf-8")
+    assert import_file(app, path).conversations == 1
+    conversation = v1(client, "GET", f"/conversations/conv_{CAPITALS.replace('-', '')}")
+    assert conversation["metadata"] == {}
+    response = v1(client, "GET", f"/responses/resp_{answer.replace('-', '')}")
+    assert response["instructions"] is None and response["output"][0]["content"][0]["text"]
+    assert v1(client, "GET", "/chat/completions")["data"] == []
+    assert "gpt_api" not in export_all(app)[0]  # nothing of it was kept

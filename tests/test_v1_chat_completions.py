@@ -588,6 +588,22 @@ def test_chatgpt_answers_text_threads_upstream_and_refuses_what_it_cannot_do(
     client.chat.completions.create(model="m", messages=[user("x")], temperature=1, n=1)  # OpenAI's defaults are fine
 
 
+def test_with_chatgpt_deleting_a_stored_completion_hides_the_upstream_copy(
+    chatgpt_client: tuple[Flask, FakeChatGPTBackend, openai.OpenAI],
+) -> None:
+    """As deleting a response does: ChatGPT cannot delete one message."""
+    app, backend, client = chatgpt_client
+    first = client.chat.completions.create(model="text-davinci-002-render-sha", messages=[user("Hello")])
+    (upstream,) = backend.conversations.values()
+    backend.fail_next(500, "busy")
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.chat.completions.delete(first.id)
+    assert refused.value.status_code == 502 and upstream.is_visible
+    assert client.chat.completions.retrieve(first.id).id == first.id
+    assert client.chat.completions.delete(first.id).deleted
+    assert upstream.is_visible is False
+
+
 # -- the parts, without HTTP -------------------------------------------------------------------
 
 

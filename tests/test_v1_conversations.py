@@ -14,11 +14,13 @@ from openai.pagination import SyncConversationCursorPage
 from openai.types.conversations import Conversation
 
 import services.search
+from fakes.chatgpt_backend import FakeChatGPTBackend
 from fakes.openai_upstream import FakeOpenAI
 from tests.helpers import ok, post
 from tests.openai_sdk import (  # noqa: F401
     bare,
     base_url,
+    chatgpt_sdk,
     sdk,
     sdk_for,
     stored_rows,
@@ -115,6 +117,31 @@ def test_a_removed_item_leaves_the_branch_and_its_children_move_up(sdk: openai.O
     assert tree_of(client, sdk, conversation.id)["current_node"] == bare(a.id)
     with pytest.raises(openai.NotFoundError):
         sdk.conversations.items.retrieve(b.id, conversation_id=conversation.id)
+
+
+def test_with_chatgpt_removing_an_item_hides_the_upstream_copy_as_deleting_a_conversation_does(
+    chatgpt_sdk: tuple[FakeChatGPTBackend, openai.OpenAI],
+) -> None:
+    backend, sdk = chatgpt_sdk
+    conversation = sdk.conversations.create()
+    sdk.responses.create(model="text-davinci-002-render-sha", input="Hello", conversation=conversation.id)
+    (upstream,) = backend.conversations.values()
+    answer, question = sdk.conversations.items.list(conversation.id).data
+    backend.fail_next(500, "busy")
+    with pytest.raises(openai.APIStatusError) as refused:
+        sdk.conversations.items.delete(question.id, conversation_id=conversation.id)
+    assert refused.value.status_code == 502 and upstream.is_visible
+    assert len(sdk.conversations.items.list(conversation.id).data) == 2
+
+    sdk.conversations.items.delete(question.id, conversation_id=conversation.id)
+    assert upstream.is_visible is False
+    sdk.responses.create(model="text-davinci-002-render-sha", input="Next", conversation=conversation.id)
+    sent = [r.body for r in backend.requests if r.method == "POST" and r.path == "conversation"][-1]
+    assert "conversation_id" not in sent or sent["conversation_id"] is None
+    assert sent["messages"][0]["content"]["parts"] == ["Assistant: You said: Hello\n\nUser: Next"]
+    (copy,) = [c for c in backend.conversations.values() if c.is_visible]
+    sdk.conversations.delete(conversation.id)
+    assert copy.is_visible is False
 
 
 def test_the_caller_s_conversations_are_listed_newest_first_with_a_cursor(sdk: openai.OpenAI) -> None:
@@ -302,6 +329,12 @@ def test_limits_on_items_and_metadata_are_400_naming_the_field(sdk: openai.OpenA
         (lambda: sdk.conversations.items.list(conversation.id, include=["message.output_text.logprobs"]), "include"),
         (lambda: sdk.conversations.retrieve("conv_nothex"), "conversation_id"),
         (lambda: sdk.conversations.items.retrieve("msg_x", conversation_id=conversation.id), "item_id"),
+        # query parameters a route does not take are refused too, not ignored
+        (lambda: sdk.conversations.create(extra_query={"order": "asc"}), "order"),
+        (lambda: sdk.conversations.retrieve(conversation.id, extra_query={"include[]": "x"}), "include"),
+        (lambda: sdk.conversations.update(conversation.id, metadata={}, extra_query={"x": "1"}), "x"),
+        (lambda: sdk.conversations.delete(conversation.id, extra_query={"x": "1"}), "x"),
+        (lambda: sdk.responses.create(model=MODEL, input="Hi", extra_query={"background": "true"}), "background"),
     ]
     for call, param in cases:
         with pytest.raises(openai.BadRequestError) as raised:

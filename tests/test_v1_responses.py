@@ -11,9 +11,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from fakes.chatgpt_backend import FakeChatGPTBackend
 from fakes.openai_upstream import Fail, FakeOpenAI, Reply
 from tests.helpers import ok, post, wait_until
-from tests.openai_sdk import bare, base_url, sdk, sdk_for, stored_rows, tree_of  # noqa: F401
+from tests.openai_sdk import bare, base_url, chatgpt_sdk, sdk, sdk_for, stored_rows, tree_of  # noqa: F401
 
 MODEL = "gpt-test"
 
@@ -375,3 +376,40 @@ def test_a_chatgpt_account_refuses_what_it_cannot_honour(sdk: openai.OpenAI, app
             sdk.responses.create(model=MODEL, **{"input": "Hi", **fields})
         assert raised.value.body["param"] == param  # type: ignore[index]
     assert stored_rows(app) == (0, 0)
+
+
+CHATGPT_MODEL = "text-davinci-002-render-sha"
+
+
+def last_post(backend: FakeChatGPTBackend) -> dict[str, Any]:
+    """The last message the backend was sent: its conversation, parent and text."""
+    body = [r.body for r in backend.requests if r.method == "POST" and r.path == "conversation"][-1]
+    return {"conversation_id": body.get("conversation_id"), "text": body["messages"][0]["content"]["parts"][0]}
+
+
+def test_deleting_a_response_hides_the_chatgpt_copy_and_the_next_answer_carries_the_dialogue(
+    chatgpt_sdk: tuple[FakeChatGPTBackend, openai.OpenAI],
+) -> None:
+    """ChatGPT cannot delete one message: its copy of the conversation is hidden, as the six
+    routes' delete hides it, and a new one carries the dialogue that is left."""
+    backend, sdk = chatgpt_sdk
+    first = sdk.responses.create(model=CHATGPT_MODEL, input="Hello")
+    second = sdk.responses.create(model=CHATGPT_MODEL, input="Again", previous_response_id=first.id)
+    (upstream,) = backend.conversations.values()
+    backend.fail_next(500, "busy")
+    with pytest.raises(openai.APIStatusError) as refused:
+        sdk.responses.delete(second.id)
+    assert refused.value.status_code == 502 and upstream.is_visible
+    assert sdk.responses.retrieve(second.id).output_text == "You said: Again"  # nothing changed here
+
+    sdk.responses.delete(second.id)
+    assert upstream.is_visible is False
+    with pytest.raises(openai.NotFoundError):
+        sdk.responses.retrieve(second.id)
+    third = sdk.responses.create(model=CHATGPT_MODEL, input="Once more", previous_response_id=first.id)
+    sent = last_post(backend)
+    assert sent["conversation_id"] is None  # a new upstream conversation, told what came before
+    assert sent["text"] == "User: Hello\n\nAssistant: You said: Hello\n\nUser: Once more"
+    (copy,) = [c for c in backend.conversations.values() if c.is_visible]
+    sdk.responses.create(model=CHATGPT_MODEL, input="And?", previous_response_id=third.id)
+    assert last_post(backend) == {"conversation_id": copy.id, "text": "And?"}  # continued there

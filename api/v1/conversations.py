@@ -22,6 +22,7 @@ from api.v1.schemas import (
     ItemPath,
     ItemsCreateBody,
     ItemsQuery,
+    NoQuery,
     conversation_match_page,
     conversation_page,
     conversation_payload,
@@ -49,7 +50,7 @@ bp.before_request(require_json_object)
 
 
 @bp.post("/conversations", responses={200: ConversationObject})
-def create_conversation(body: ConversationCreateBody) -> Response:
+def create_conversation(query: NoQuery, body: ConversationCreateBody) -> Response:
     """Create a conversation, with up to 20 items and metadata"""
     items = [item.said() for item in body.items or ()]
     view = services().items.create(current_caller().owner, items, body.metadata or {})
@@ -72,20 +73,20 @@ def list_conversations(query: ConversationListQuery) -> Response:
 
 
 @bp.get("/conversations/<conversation_id>", responses={200: ConversationObject})
-def get_conversation(path: ConversationPath) -> Response:
+def get_conversation(path: ConversationPath, query: NoQuery) -> Response:
     """Retrieve a conversation"""
     return jsonify(conversation_payload(services().items.get(current_caller().owner, path.conversation_id)))
 
 
 @bp.post("/conversations/<conversation_id>", responses={200: ConversationObject})
-def update_conversation(path: ConversationPath, body: ConversationUpdateBody) -> Response:
+def update_conversation(path: ConversationPath, query: NoQuery, body: ConversationUpdateBody) -> Response:
     """Replace a conversation's metadata"""
     view = services().items.set_metadata(current_caller().owner, path.conversation_id, body.metadata or {})
     return jsonify(conversation_payload(view))
 
 
 @bp.delete("/conversations/<conversation_id>", responses={200: ConversationDeletedObject})
-def delete_conversation(path: ConversationPath) -> Response:
+def delete_conversation(path: ConversationPath, query: NoQuery) -> Response:
     """Delete a conversation and all its messages"""
     services().items.delete(current_caller().owner, path.conversation_id)
     conversation_id = ids.encode(ids.CONVERSATION, path.conversation_id)
@@ -119,7 +120,7 @@ def get_item(path: ItemPath, query: IncludeQuery) -> Response:
 
 
 @bp.delete("/conversations/<conversation_id>/items/<item_id>", responses={200: ConversationObject})
-def delete_item(path: ItemPath) -> Response:
+def delete_item(path: ItemPath, query: NoQuery) -> Response:
     """Remove an item: its children move up to its parent; answers the conversation"""
     view = services().items.remove(current_caller().owner, path.conversation_id, path.item_id)
     return jsonify(conversation_payload(view))

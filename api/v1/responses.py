@@ -15,11 +15,13 @@ from api.v1.response_events import ResponseEvents
 from api.v1.schemas import (
     ItemListObject,
     ItemsQuery,
+    NoQuery,
     ResponseCreateBody,
     ResponseDeletedObject,
     ResponseObject,
     ResponsePath,
     RetrieveQuery,
+    StoredResponseObject,
     errors,
     item_page,
     response_payload,
@@ -40,7 +42,7 @@ bp.before_request(require_json_object)
 
 
 @bp.post("/responses", responses={200: ResponseObject, **errors(502, 504)})
-def create_response(body: ResponseCreateBody) -> Response:
+def create_response(query: NoQuery, body: ResponseCreateBody) -> Response:
     """Create a response
 
     Without `previous_response_id` or `conversation`, a new conversation (listed by the six
@@ -60,14 +62,14 @@ def create_response(body: ResponseCreateBody) -> Response:
     return jsonify(response_payload(view, store=new.store))
 
 
-@bp.get("/responses/<response_id>", responses={200: ResponseObject})
+@bp.get("/responses/<response_id>", responses={200: StoredResponseObject})
 def get_response(path: ResponsePath, query: RetrieveQuery) -> Response:
     """Retrieve a response (any answer of the caller's conversations, `ask`'s too)"""
     return jsonify(response_payload(services().responses.get(current_caller().owner, path.response_id)))
 
 
 @bp.delete("/responses/<response_id>", responses={200: ResponseDeletedObject})
-def delete_response(path: ResponsePath) -> Response:
+def delete_response(path: ResponsePath, query: NoQuery) -> Response:
     """Delete a response: the answer and every message below it"""
     services().responses.delete(current_caller().owner, path.response_id)
     return jsonify({"id": ids.encode(ids.RESPONSE, path.response_id), "object": "response", "deleted": True})

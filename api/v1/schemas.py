@@ -315,6 +315,10 @@ class V1Query(V1Model):
         return data
 
 
+class NoQuery(V1Query):
+    """A route that takes no query parameters: any is a 400 naming it."""
+
+
 class RetrieveQuery(V1Query):
     include: Annotated[Any, only(None, why="there is nothing more to include")] = None
     stream: Annotated[Any, only(None, "false", why="a stored response is read whole")] = None
@@ -503,6 +507,31 @@ ITEM_LIST_LINKS: dict[str, Any] = {
     "remove": {"operationRef": _operation(_CONVERSATION + "/items/{item_id}", "delete"), "parameters": _ITEM},
 }
 """Where the items of a conversation lead (the last item of the page)."""
+_RESPONSE = "/v1/responses/{response_id}"
+_BY_RESPONSE = {"response_id": "$response.body#/id"}
+_CONTINUE = {
+    "operationRef": _operation("/v1/responses", "post"),
+    "requestBody": {"input": "And then?", "previous_response_id": "$response.body#/id"},
+}
+_READ_RESPONSE = {
+    "continue": _CONTINUE,
+    "retrieve": {"operationRef": _operation(_RESPONSE, "get"), "parameters": _BY_RESPONSE},
+    "input_items": {"operationRef": _operation(_RESPONSE + "/input_items", "get"), "parameters": _BY_RESPONSE},
+}
+NEW_RESPONSE_LINKS: dict[str, Any] = {
+    **_READ_RESPONSE,
+    "conversation": {
+        "operationRef": _operation(_CONVERSATION, "get"),
+        "parameters": {"conversation_id": "$response.body#/conversation/id"},
+    },
+}
+"""Where a new response leads (with `store: false` its id names nothing stored, as at OpenAI:
+those links then lead to a 404)."""
+STORED_RESPONSE_LINKS: dict[str, Any] = {
+    **_READ_RESPONSE,
+    "delete": {"operationRef": _operation(_RESPONSE, "delete"), "parameters": _BY_RESPONSE},
+}
+"""Where a stored response leads."""
 
 
 STREAM_EVENT_TYPES = [
@@ -551,8 +580,15 @@ class ResponseObject(RootModel[ResponsePayload]):
     model_config = ConfigDict(
         openapi_extra={  # type: ignore[typeddict-unknown-key]  # read by flask-openapi3
             "content": {"text/event-stream": {"schema": RESPONSE_STREAM_EVENT}},
+            "links": NEW_RESPONSE_LINKS,
         },
     )
+
+
+class StoredResponseObject(RootModel[ResponsePayload]):
+    """A stored response."""
+
+    model_config = ConfigDict(openapi_extra={"links": STORED_RESPONSE_LINKS})  # type: ignore[typeddict-unknown-key]
 
 
 class ResponseDeleted(TypedDict):

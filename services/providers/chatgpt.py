@@ -95,10 +95,11 @@ class ChatGPTProvider:
     def stream_reply(self, request: ReplyRequest) -> Iterator[ReplyChunk]:
         """Send the last message of ``request`` under ``upstream_parent_id`` and yield the answer.
 
-        Without ``upstream_conversation_id`` a new upstream conversation starts; with it but
-        without a parent, the message becomes a new first message of that conversation.
+        Without ``upstream_conversation_id`` a new upstream conversation starts (given the
+        dialogue so far, when there is one: see `_reply_prompt`); with it but without a parent,
+        the message becomes a new first message of that conversation.
         """
-        prompt = request.messages[-1].content
+        prompt = _reply_prompt(request)
         message = {
             "id": request.user_message_id,
             "role": "user",
@@ -385,6 +386,17 @@ def _prompt(request: CompletionRequest) -> str:
     if len(unseen) == 1 and unseen[0]["role"] == "user":
         return message_text(unseen[0]["content"])
     return "\n\n".join(f"{_SPEAKERS[m['role']]}: {message_text(m['content'])}" for m in unseen)
+
+
+def _reply_prompt(request: ReplyRequest) -> str:
+    """The new message; when a new upstream conversation takes over a dialogue kept here (an
+    imported one, or one whose upstream copy was dropped), that dialogue as a transcript, as
+    `_prompt` sends what ChatGPT has not seen, so the answer has its context."""
+    last = request.messages[-1].content
+    earlier = request.messages[:-1]
+    if request.upstream_conversation_id is not None or not any(m.role in ("user", "assistant") for m in earlier):
+        return last
+    return "\n\n".join(f"{_SPEAKERS.get(m.role, m.role)}: {m.content}" for m in request.messages)
 
 
 def _normalised_base_url(base_url: str) -> str:
