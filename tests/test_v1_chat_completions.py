@@ -646,3 +646,23 @@ def test_a_message_sent_back_has_the_hash_it_was_stored_with() -> None:
     )
     assert path_hashes("alice", [user("Hi")]) != path_hashes("bob", [user("Hi")])  # two keys never meet
     assert path_hashes("alice", [user("a"), user("b")])[0] == path_hashes("alice", [user("a")])[0]
+
+
+def test_query_parameters_a_route_does_not_take_are_refused_naming_them(
+    alice: openai.OpenAI, fake_upstream: FakeOpenAI
+) -> None:
+    completion = alice.chat.completions.create(model="gpt-test", messages=[user("Hi")])
+    cases = [
+        (lambda: alice.chat.completions.create(model="gpt-test", messages=[user("x")], extra_query={"x": "1"}), "x"),
+        (lambda: alice.chat.completions.retrieve(completion.id, extra_query={"include": "all"}), "include"),
+        (lambda: alice.chat.completions.update(completion.id, metadata={}, extra_query={"x": "1"}), "x"),
+        (lambda: alice.chat.completions.delete(completion.id, extra_query={"x": "1"}), "x"),
+        (lambda: alice.models.list(extra_query={"limit": "5"}), "limit"),
+        (lambda: alice.models.retrieve("gpt-test", extra_query={"x": "1"}), "x"),
+    ]
+    for call, param in cases:
+        with pytest.raises(openai.BadRequestError) as raised:
+            call()
+        assert raised.value.body["param"] == param, raised.value.body  # type: ignore[index]
+    assert len(fake_upstream.requests) == 1  # refused before the upstream was asked
+    assert alice.chat.completions.retrieve(completion.id).id == completion.id

@@ -20,6 +20,7 @@ from api.v1.schemas import (
     ChatCompletionObject,
     ChatCompletionPath,
     ChatCompletionUpdateBody,
+    NoQuery,
     StoreMessageListObject,
     StoreMessagesQuery,
     chat_completion_page,
@@ -46,7 +47,7 @@ bp.before_request(require_json_object)
 
 
 @bp.post("/chat/completions", responses={200: ChatCompletionObject, **errors(502, 504)})
-def create_chat_completion(body: ChatCompletionBody) -> Response:
+def create_chat_completion(query: NoQuery, body: ChatCompletionBody) -> Response:
     """Create a chat completion
 
     The body goes to the upstream as sent (tools, `response_format`, sampling, `n`, `stop`,
@@ -80,7 +81,7 @@ def list_chat_completions(query: ChatCompletionListQuery) -> Response:
 
 
 @bp.get("/chat/completions/<completion_id>", responses={200: ChatCompletionObject})
-def get_chat_completion(path: ChatCompletionPath) -> Response:
+def get_chat_completion(path: ChatCompletionPath, query: NoQuery) -> Response:
     """Retrieve a stored chat completion"""
     return jsonify(services().chat_completions.retrieve(current_caller().owner, path.completion_id))
 
@@ -95,14 +96,14 @@ def chat_completion_messages(path: ChatCompletionPath, query: StoreMessagesQuery
 
 
 @bp.post("/chat/completions/<completion_id>", responses={200: ChatCompletionObject})
-def update_chat_completion(path: ChatCompletionPath, body: ChatCompletionUpdateBody) -> Response:
+def update_chat_completion(path: ChatCompletionPath, query: NoQuery, body: ChatCompletionUpdateBody) -> Response:
     """Replace a stored chat completion's metadata"""
     owner = current_caller().owner
     return jsonify(services().chat_completions.update(owner, path.completion_id, body.metadata or {}))
 
 
 @bp.delete("/chat/completions/<completion_id>", responses={200: ChatCompletionDeletedObject})
-def delete_chat_completion(path: ChatCompletionPath) -> Response:
+def delete_chat_completion(path: ChatCompletionPath, query: NoQuery) -> Response:
     """Delete a stored chat completion: its answer and whatever continues below it"""
     services().chat_completions.delete(current_caller().owner, path.completion_id)
     completion_id = ids.encode(ids.CHAT_COMPLETION, path.completion_id)

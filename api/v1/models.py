@@ -7,7 +7,7 @@ from flask_openapi3 import APIBlueprint, Tag
 
 from api.context import services
 from api.openapi import KEY_OR_NONE
-from api.v1.schemas import ModelListObject, ModelObject, ModelPath, errors, model_list
+from api.v1.schemas import ModelListObject, ModelObject, ModelPath, NoQuery, errors, model_list
 
 MODELS = Tag(name="models", description="The upstream's models (its list, kept for MODELS_CACHE_SECONDS).")
 
@@ -22,12 +22,12 @@ bp = APIBlueprint(
 
 
 @bp.get("/models", responses={200: ModelListObject})
-def list_models() -> Response:
+def list_models(query: NoQuery) -> Response:
     """List the upstream's models (with LLM_PROVIDER=chatgpt, the account's)"""
     return jsonify(model_list(services().models.models()))
 
 
 @bp.get("/models/<path:model_id>", responses={200: ModelObject, **errors(404)})
-def get_model(path: ModelPath) -> Response:
+def get_model(path: ModelPath, query: NoQuery) -> Response:
     """Retrieve one of the upstream's models"""
     return jsonify(services().models.model(path.model_id))
