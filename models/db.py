@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import select
 import time
 from functools import lru_cache, partial
 from pathlib import Path
@@ -89,10 +90,19 @@ def _note_checkin(_dbapi_connection, record) -> None:  # type: ignore[no-untyped
 
 
 def _ping_if_idle(dbapi_connection, record, _proxy) -> None:  # type: ignore[no-untyped-def]
-    """Test a connection that rested in the pool (the server may have closed it meanwhile:
-    a restart, an idle timeout) before handing it out; a busy one is not tested, so under load
-    no request pays a round trip for the check (which `pool_pre_ping` makes on every checkout).
-    A dead one is replaced: SQLAlchemy retries the checkout on `DisconnectionError`."""
+    """Hand out only a live connection, without a round trip when it is busy.
+
+    An idle connection has nothing to read: if its socket is readable, the server said goodbye
+    (a restart, a terminated backend) or the connection was reset, so it is replaced at once
+    (a zero-timeout poll, microseconds). One that rested a while is also pinged (a silently
+    dropped one shows nothing on its socket). `pool_pre_ping` would ping on every checkout:
+    several round trips per ask. SQLAlchemy retries the checkout on `DisconnectionError`."""
+    try:
+        said_goodbye = bool(select.select([dbapi_connection.fileno()], [], [], 0)[0])
+    except (OSError, ValueError, psycopg2.Error) as error:
+        raise DisconnectionError(str(error)) from error
+    if said_goodbye:
+        raise DisconnectionError("the server closed the connection while it rested in the pool")
     if time.monotonic() - record.info.get("checked_in", 0.0) < IDLE_BEFORE_PING:
         return
     try:

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import urllib3
-from urllib3.exceptions import HTTPError, TimeoutError as Urllib3Timeout
+from urllib3.exceptions import HTTPError, NewConnectionError, TimeoutError as Urllib3Timeout
 
 from services.providers.deadline import Deadline, retry_after_seconds
 
@@ -162,6 +162,8 @@ class UpstreamHttp:
                 method, self._base + path, body=payload, headers=self._headers,
                 timeout=timeout, preload_content=False, redirect=False,
             )
+        except NewConnectionError as error:  # refused, unresolvable (urllib3 files it under timeouts)
+            raise UpstreamUnreachable("Could not reach the upstream.") from error
         except Urllib3Timeout as error:
             raise UpstreamTimedOut("The upstream did not answer in time.") from error
         except (HTTPError, OSError) as error:

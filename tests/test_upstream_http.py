@@ -1,0 +1,91 @@
+"""The lean client of OpenAI-compatible upstreams keeps what the SDK did: one kept-alive
+connection for answer after answer, timeouts, retries of what is worth retrying (with the
+upstream's Retry-After), the upstream's error message, and a refused connection told apart
+from a slow one. Provider level, against the fake upstream over real HTTP."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from fakes.net import free_port
+from fakes.openai_upstream import Fail, FakeOpenAI, Hang, Reply, Reset
+from services.errors import UpstreamError, UpstreamRateLimited, UpstreamTimeout
+from services.providers.base import ChatMessage, ReplyRequest
+from services.providers.openai_compat import OpenAIProvider
+from tests.conftest import UPSTREAM_KEY
+
+QUESTION = ReplyRequest(messages=[ChatMessage(role="user", content="Hi")], model="gpt-test", user_message_id="m")
+
+
+def provider(url: str, *, retries: int = 2, read_timeout: float = 5.0, deadline: float = 30.0) -> OpenAIProvider:
+    return OpenAIProvider(
+        api_key=UPSTREAM_KEY, base_url=url, model="gpt-test", connect_timeout=2.0,
+        read_timeout=read_timeout, max_retries=retries, deadline=deadline,
+    )
+
+
+def text_of(chunks: object) -> str:
+    return "".join(chunk.delta for chunk in chunks)  # type: ignore[attr-defined]
+
+
+def test_answers_share_one_kept_alive_connection(fake_upstream: FakeOpenAI) -> None:
+    upstream = provider(fake_upstream.url)
+    for n in range(5):
+        fake_upstream.script(Reply(text=f"Answer {n} here"))
+        assert text_of(upstream.stream_reply(QUESTION)) == f"Answer {n} here"
+    assert fake_upstream.nodelay_flags() == [True]  # one connection, without Nagle's delay
+    assert fake_upstream.requests[-1].headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+
+
+def test_rate_limits_and_server_errors_are_retried_honouring_retry_after(fake_upstream: FakeOpenAI) -> None:
+    fake_upstream.script(Fail(429, "Slow down", headers={"Retry-After": "0.3"}), Fail(503, "Busy"), Reply(text="Here."))
+    started = time.monotonic()
+    assert text_of(provider(fake_upstream.url).stream_reply(QUESTION)) == "Here."
+    assert time.monotonic() - started >= 0.3
+    assert len(fake_upstream.requests) == 3
+
+
+def test_a_refusal_of_the_request_is_not_retried_and_keeps_the_upstreams_message(fake_upstream: FakeOpenAI) -> None:
+    fake_upstream.script(Fail(400, "Bad model name"), Reply())
+    with pytest.raises(UpstreamError) as failed:
+        list(provider(fake_upstream.url).stream_reply(QUESTION))
+    assert failed.value.message == "The upstream answered 400: Bad model name"
+    assert len(fake_upstream.requests) == 1
+
+
+def test_a_rate_limit_that_outlasts_the_retries_carries_the_upstreams_wait(fake_upstream: FakeOpenAI) -> None:
+    fake_upstream.script(*[Fail(429, "Slow down", headers={"Retry-After": "0"})] * 2)
+    with pytest.raises(UpstreamRateLimited) as failed:
+        list(provider(fake_upstream.url, retries=1).stream_reply(QUESTION))
+    assert failed.value.details["retry_after"] == 0
+    assert len(fake_upstream.requests) == 2
+
+
+def test_a_refused_connection_is_unreachable_not_slow() -> None:
+    started = time.monotonic()
+    with pytest.raises(UpstreamError) as failed:
+        list(provider(f"http://127.0.0.1:{free_port()}/v1", retries=1).stream_reply(QUESTION))
+    assert not isinstance(failed.value, UpstreamTimeout)
+    assert failed.value.message == "Could not reach the upstream (connection failed or was cut)."
+    assert time.monotonic() - started < 2.0  # one backoff of about half a second, no timeout waited
+
+
+def test_a_silent_upstream_times_out_and_a_reset_one_is_retried(fake_upstream: FakeOpenAI) -> None:
+    fake_upstream.script(Hang())
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout):
+        list(provider(fake_upstream.url, retries=0, read_timeout=0.4).stream_reply(QUESTION))
+    assert time.monotonic() - started < 2.0
+    fake_upstream.script(Reset(), Reply(text="After the reset"))
+    assert text_of(provider(fake_upstream.url).stream_reply(QUESTION)) == "After the reset"
+
+
+def test_a_stream_cut_before_its_finish_ends_without_a_finish_reason(fake_upstream: FakeOpenAI) -> None:
+    fake_upstream.script(Reply(chunks=["Half ", "an ", "answer"], break_after=2))
+    chunks = []
+    with pytest.raises(UpstreamError):
+        for chunk in provider(fake_upstream.url).stream_reply(QUESTION):
+            chunks.append(chunk)
+    assert text_of(chunks) == "Half an " and not any(chunk.finish_reason for chunk in chunks)
