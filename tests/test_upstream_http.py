@@ -30,13 +30,14 @@ def text_of(chunks: object) -> str:
     return "".join(chunk.delta for chunk in chunks)  # type: ignore[attr-defined]
 
 
-def test_answers_share_one_kept_alive_connection(fake_upstream: FakeOpenAI) -> None:
-    upstream = provider(fake_upstream.url)
-    for n in range(5):
-        fake_upstream.script(Reply(text=f"Answer {n} here"))
-        assert text_of(upstream.stream_reply(QUESTION)) == f"Answer {n} here"
-    assert fake_upstream.nodelay_flags() == [True]  # one connection, without Nagle's delay
-    assert fake_upstream.requests[-1].headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+def test_answers_share_one_kept_alive_connection() -> None:
+    with FakeOpenAI(api_key=UPSTREAM_KEY) as fake:  # its own: no other client's connections
+        upstream = provider(fake.url)
+        for n in range(5):
+            fake.script(Reply(text=f"Answer {n} here"))
+            assert text_of(upstream.stream_reply(QUESTION)) == f"Answer {n} here"
+        assert fake.nodelay_flags() == [True]  # one connection, without Nagle's delay
+        assert fake.requests[-1].headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
 
 
 def test_rate_limits_and_server_errors_are_retried_honouring_retry_after(fake_upstream: FakeOpenAI) -> None:
