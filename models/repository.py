@@ -41,14 +41,14 @@ from models.statuses import FINISHED, IN_PROGRESS, INTERRUPTED
 MESSAGE_COLUMNS = tuple(Message.__table__.columns)
 SUMMARY_COLUMNS = (Conversation.id, Conversation.title, Conversation.created_at, Conversation.updated_at)
 _IN_PROGRESS = literal(IN_PROGRESS, literal_execute=True)
+"""Written into the statement, so both databases use the partial index on answers in progress."""
 _BATCH = 500
+"""Rows per statement where one statement names many (bound parameters stay well within limits)."""
 _CONVERSATIONS = Conversation.__table__
 _MESSAGES = Message.__table__
 """The tables, for Core statements on the answer path (no ORM bookkeeping per row)."""
 _NODE_DEFAULTS: dict[str, Any] = {"parent_id": None, "role": None, "end_turn": None, "status": FINISHED}
 """Every node of a multi-row insert names the same columns."""
-"""Rows per statement where one statement names many (bound parameters stay well within limits)."""
-"""Written into the statement, so both databases use the partial index on answers in progress."""
 
 
 def _path_query(conversation_id: uuid.UUID, message_id: uuid.UUID) -> Select[Any]:
