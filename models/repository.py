@@ -39,6 +39,12 @@ from models.entities import DEFAULT_TITLE, ChatCompletion, Conversation, Message
 from models.statuses import FINISHED, IN_PROGRESS, INTERRUPTED
 
 MESSAGE_COLUMNS = tuple(Message.__table__.columns)
+TREE_COLUMNS = tuple(
+    column for column in Message.__table__.columns
+    if column.name in ("role", "content", "status", "end_turn", "model", "finish_details", "created_at",
+                       "prompt_tokens", "completion_tokens", "original", "answer_details")
+)
+"""What a message shows in a conversation's tree, besides its id and parent."""
 SUMMARY_COLUMNS = (Conversation.id, Conversation.title, Conversation.created_at, Conversation.updated_at)
 _IN_PROGRESS = literal(IN_PROGRESS, literal_execute=True)
 """Written into the statement, so both databases use the partial index on answers in progress."""
@@ -231,6 +237,19 @@ class ConversationRepository:
         """A conversation's messages in creation order (the root first among equals)."""
         return self.session.execute(
             select(*MESSAGE_COLUMNS)
+            .where(Message.conversation_id == conversation_id)
+            .order_by(Message.created_at, Message.parent_id.is_not(None))
+        ).all()
+
+    def tree(self, conversation_id: uuid.UUID) -> Sequence[Row[Any]]:
+        """What `msg/history` shows of a conversation's messages, in creation order. On
+        PostgreSQL the ids come as text: a thousand-message tree would otherwise make three
+        thousand `uuid.UUID` objects only to print them again."""
+        ids = (cast(Message.id, Text).label("id"), cast(Message.parent_id, Text).label("parent_id")) if (
+            self._postgresql
+        ) else (Message.id, Message.parent_id)
+        return self.session.execute(
+            select(*ids, *TREE_COLUMNS)
             .where(Message.conversation_id == conversation_id)
             .order_by(Message.created_at, Message.parent_id.is_not(None))
         ).all()

@@ -56,7 +56,7 @@ class ConversationService:
             conversation = uow.conversations.owned(owner, conversation_id)
             if conversation is None:
                 raise _missing(conversation_id)
-            return conversation_document(conversation, uow.conversations.messages(conversation_id))
+            return conversation_document(conversation, uow.conversations.tree(conversation_id))
 
     def rename(self, owner: str, conversation_id: uuid.UUID, title: str) -> None:
         upstream_id = self._upstream_id(owner, conversation_id)
