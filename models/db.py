@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-import select
+import selectors
 import time
 from functools import lru_cache, partial
 from pathlib import Path
@@ -97,8 +97,10 @@ def _ping_if_idle(dbapi_connection, record, _proxy) -> None:  # type: ignore[no-
     (a zero-timeout poll, microseconds). One that rested a while is also pinged (a silently
     dropped one shows nothing on its socket). `pool_pre_ping` would ping on every checkout:
     several round trips per ask. SQLAlchemy retries the checkout on `DisconnectionError`."""
-    try:
-        said_goodbye = bool(select.select([dbapi_connection.fileno()], [], [], 0)[0])
+    try:  # a selector, not select(): a busy worker's descriptors run past select's 1,024
+        with selectors.DefaultSelector() as selector:
+            selector.register(dbapi_connection.fileno(), selectors.EVENT_READ)
+            said_goodbye = bool(selector.select(0))
     except (OSError, ValueError, psycopg2.Error) as error:
         raise DisconnectionError(str(error)) from error
     if said_goodbye:

@@ -1,10 +1,15 @@
 """Pooled PostgreSQL connections: one that rested in the pool is tested on checkout, and is
-then handed out as fresh, so a one-statement unit of work can still switch it to autocommit."""
+then handed out as fresh, so a one-statement unit of work can still switch it to autocommit;
+one the server closed is replaced without a failed request, whatever its descriptor."""
 
 from __future__ import annotations
 
+import os
+import resource
+import time
+
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
 import models.db
 from models.db import Database
@@ -24,5 +29,44 @@ def test_a_connection_tested_after_resting_serves_a_one_statement_unit(
             uow.session.execute(text("CREATE TEMPORARY TABLE t (x int)"))
             uow.session.rollback()
             assert uow.session.execute(text("SELECT count(*) FROM pg_tables WHERE tablename = 't'")).scalar() == 0
+    finally:
+        database.dispose()
+
+
+def test_a_connection_whose_descriptor_is_past_1024_is_handed_out(empty_postgresql_url: str) -> None:
+    """A worker holding a thousand streams gives its next database connections descriptors
+    past `select()`'s limit; the check on checkout must still work for them."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the open-files limit ({hard}) cannot reach past 1,024")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]  # take the low descriptors
+    database = Database(empty_postgresql_url, pool_size=1, max_overflow=0)
+    try:
+        for _ in range(3):  # the same pooled connection, checked on each checkout
+            with UnitOfWork(database, one_statement=True) as uow:
+                assert uow.session.connection().connection.dbapi_connection.fileno() >= 1024
+                assert uow.session.execute(text("SELECT 1")).scalar() == 1
+    finally:
+        database.dispose()
+        for descriptor in filler:
+            os.close(descriptor)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_connection_the_server_closed_while_it_rested_is_replaced_without_an_error(
+    empty_postgresql_url: str,
+) -> None:
+    database = Database(empty_postgresql_url, pool_size=1, max_overflow=0)
+    try:
+        with UnitOfWork(database) as uow:
+            first = uow.session.execute(text("SELECT pg_backend_pid()")).scalar()
+        other = create_engine(empty_postgresql_url)
+        with other.begin() as connection:  # as a restart or an idle timeout would
+            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
+        other.dispose()
+        time.sleep(0.2)
+        with UnitOfWork(database, one_statement=True) as uow:
+            assert uow.session.execute(text("SELECT pg_backend_pid()")).scalar() != first
     finally:
         database.dispose()
