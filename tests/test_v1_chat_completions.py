@@ -377,6 +377,9 @@ def test_tool_calls_and_images_are_stored_losslessly_and_thread(
 # -- errors -------------------------------------------------------------------------------------
 
 
+# A stream's status is sent with its first byte: a keep-alive due before the upstream's refusal
+# arrives would turn the refusal into an error event (as it must), so none is due here.
+@pytest.mark.parametrize("settings_overrides", [{"sse_keep_alive_seconds": 30.0}])
 def test_upstream_refusals_keep_their_status_and_bad_requests_name_the_field(
     alice: openai.OpenAI, base_url: str, fake_upstream: FakeOpenAI
 ) -> None:
