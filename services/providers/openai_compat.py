@@ -54,6 +54,11 @@ def upstream_failure(error: UpstreamHttpError) -> UpstreamError:
     return UpstreamError(f"The upstream answered {error.status}: {error.message}", upstream_status=error.status)
 
 
+def timed_out(error: UpstreamTimedOut, deadline: Deadline) -> UpstreamError:
+    """The answer's deadline passed, or one wait within it was too long."""
+    return deadline.expired() if deadline.left() <= 0 else upstream_failure(error)
+
+
 PASSED_ON = {400: InvalidRequest, 404: NotFound, 409: InvalidRequest, 413: InvalidRequest, 422: InvalidRequest}
 """Upstream refusals that are about the client's request, passed on as its own error (429 too)."""
 
@@ -213,7 +218,7 @@ class OpenAIProvider:
             with self._http.request("POST", "/chat/completions", body, deadline=deadline) as response:
                 yield from reply_chunks(within(deadline, response.lines()))
         except UpstreamTimedOut as error:
-            raise (deadline.expired() if deadline.left() <= 0 else upstream_failure(error)) from error
+            raise timed_out(error, deadline) from error
         except UpstreamHttpError as error:
             raise upstream_failure(error) from error
 
@@ -225,7 +230,7 @@ class OpenAIProvider:
             ) as response:
                 data = response.json()
         except UpstreamTimedOut as error:
-            raise (deadline.expired() if deadline.left() <= 0 else upstream_failure(error)) from error
+            raise timed_out(error, deadline) from error
         except UpstreamHttpError as error:
             raise passed_on(error) from error
         except ValueError as error:
@@ -242,7 +247,7 @@ class OpenAIProvider:
                 for chunk in completion_chunks(within(deadline, response.lines())):
                     yield CompletionEvent(chunk)
         except UpstreamTimedOut as error:
-            raise (deadline.expired() if deadline.left() <= 0 else upstream_failure(error)) from error
+            raise timed_out(error, deadline) from error
         except UpstreamHttpError as error:
             raise passed_on(error) from error
 

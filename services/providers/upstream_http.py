@@ -60,6 +60,17 @@ class UpstreamStatus(UpstreamHttpError):
         super().__init__(self.message)
 
 
+@contextmanager
+def _reading() -> Iterator[None]:
+    """Reading an answer's body: the transport's failures as the client's own."""
+    try:
+        yield
+    except Urllib3Timeout as error:
+        raise UpstreamTimedOut("The upstream stopped sending.") from error
+    except (HTTPError, OSError) as error:
+        raise UpstreamUnreachable("The connection to the upstream was cut.") from error
+
+
 class Response:
     """An upstream's successful answer, read as JSON or as lines; release it when done."""
 
@@ -69,12 +80,8 @@ class Response:
         self.headers = raw.headers
 
     def json(self) -> Any:
-        try:
+        with _reading():
             data = self._raw.data
-        except Urllib3Timeout as error:
-            raise UpstreamTimedOut("The upstream stopped sending.") from error
-        except (HTTPError, OSError) as error:
-            raise UpstreamUnreachable("The connection to the upstream was cut.") from error
         self._read_whole = True
         return json.loads(data)
 
@@ -82,12 +89,8 @@ class Response:
         """The body's lines as they arrive (without their line ends), to its very end."""
         rest = b""
         while True:
-            try:
+            with _reading():
                 data = self._raw.read1(READ_SIZE)
-            except Urllib3Timeout as error:
-                raise UpstreamTimedOut("The upstream stopped sending.") from error
-            except (HTTPError, OSError) as error:
-                raise UpstreamUnreachable("The connection to the upstream was cut.") from error
             if not data:
                 self._read_whole = True
                 break
