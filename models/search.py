@@ -1,9 +1,11 @@
-"""Search queries on the indexes of migration 0005.
+"""Search queries on the indexes of migrations 0005 and 0011.
 
 PostgreSQL: `messages.search_vector` and `conversations.search_vector`, tsvectors kept by
-triggers (`search_document()`, configuration `search_language()`), with GIN indexes.
+triggers (`search_document()`, configuration `search_language()`), with GIN indexes; and
+pg_trgm GIN indexes on the texts themselves, which find fragments (`Term.fragment`).
 SQLite: FTS5 external-content tables kept by triggers: `*_words` (unicode61: words and
-prefixes) and `*_grams` (trigram: texts with characters of `UNSEGMENTED` scripts only).
+prefixes) and `*_grams` (trigram: texts with characters of `UNSEGMENTED` scripts only);
+fragments are found by reading the texts, newest first.
 
 Everything the user typed reaches the database as bound parameters: PostgreSQL reads it
 with phraseto_tsquery (plain text, no operators), FTS5 gets it as quoted strings.
@@ -266,9 +268,10 @@ class _Search:
         hundreds of thousands of GIN entries."""
         s, a = self.source, self.source.alias
         scope = " AND ".join([s.scope, *self.key_conditions()])
-        matching = [f"{a}.search_vector @@ {self.tsquery()}"]
+        tsquery = self.tsquery()
+        matching = [f"{a}.search_vector @@ {tsquery}"] if tsquery else []
         for term in self.query.terms:
-            if term.literal:
+            if term.literal or term.fragment:  # fragments through the pg_trgm index (migration 0011)
                 pattern = self.bind(f"%{_escape_like(' '.join(term.text.split()))}%")
                 negation = "NOT " if term.exclude else ""
                 matching.append(f"{a}.{s.column} {negation}ILIKE {pattern} ESCAPE '\\'")
@@ -324,15 +327,15 @@ class _Search:
         at, id_ = self.bind(found.created_at, UTCDateTime()), self.bind(found.id, Uuid())
         return f"({a}.created_at, {a}.id) >= ({at}, {id_})", f"({a}.created_at, {a}.id) < ({at}, {id_})"
 
-    def tsquery(self) -> str:
-        """Every included term and no excluded word or phrase (excluded literals are left to
-        NOT ILIKE). Each term is cut into words by PostgreSQL itself, as documents are
+    def tsquery(self) -> str | None:
+        """Every included term and no excluded word or phrase (excluded literals and
+        fragments are left to ILIKE; None when nothing is left). Each term is cut into words by PostgreSQL itself, as documents are
         (`search_text`), and reaches it only as a bound parameter of phraseto_tsquery,
         which reads no operators; a prefix adds a `to_tsquery` of one quoted word of
         letters and digits."""
         parts = []
         for term in self.query.terms:
-            if term.exclude and term.literal:
+            if (term.exclude and term.literal) or term.fragment:
                 continue
             if term.prefix and not is_unsegmented(term.words[-1][0]):  # the last word may go on
                 head = " ".join(term.words[:-1])
@@ -343,7 +346,7 @@ class _Search:
             else:
                 part = f"phraseto_tsquery(search_language(), search_text({self.bind(term.text)}))"
             parts.append(f"!!{part}" if term.exclude else part)
-        return "(" + " && ".join(parts) + ")"
+        return "(" + " && ".join(parts) + ")" if parts else None
 
     # -- SQLite --------------------------------------------------------------
 
@@ -351,7 +354,7 @@ class _Search:
         """The hits of the word index and, where it cannot see a word (`sqlite_embedded`),
         those of the trigram index, merged."""
         rows = self.sqlite_words(limit, capabilities)
-        if self.source.words in capabilities and any(not term.unsegmented for term in self.query.included):
+        if self.source.words in capabilities and any(_latin_words(term) for term in self.query.included):
             rows = _merged(rows, self.sqlite_embedded(limit, capabilities), limit)
         return rows
 
@@ -386,7 +389,7 @@ class _Search:
         conditions += [
             f"{a}.{s.column} REGEXP {self.bind(word_pattern(term))}"
             for term in self.query.included
-            if not term.unsegmented
+            if _latin_words(term)
         ]
         grams_match = self.grams_match(latin=True) if s.grams in capabilities else None
         if grams_match is None:  # nothing to narrow the texts down by: read them
@@ -420,7 +423,7 @@ class _Search:
 
     def words_match(self) -> str | None:
         """The FTS5 expression for the word index: its terms, as quoted strings only."""
-        included = [_fts_phrase(t) for t in self.query.included if not t.unsegmented]
+        included = [_fts_phrase(t) for t in self.query.included if _latin_words(t)]
         return " AND ".join(included) if included else None
 
     def excluded_words(self) -> str | None:
@@ -448,7 +451,7 @@ class _Search:
         for term in self.query.included:
             if term.unsegmented:
                 part = self.grams_substring(" ".join(term.text.split()).lower())
-            elif latin:
+            elif latin and not term.fragment:
                 part = self.grams_words(term)
             else:
                 continue
@@ -504,9 +507,10 @@ class _Search:
                     found = f"instr(lower({a}.{s.column}), {self.bind(literal.translate(ASCII_LOWER))}) > 0"
                     conditions.append(f"NOT ({found} AND {edged})" if edged else f"NOT {found}")
                 continue
-            if (term.literal and not term.unsegmented) or not indexed or short_unsegmented:
+            if (term.literal and not term.unsegmented) or not indexed or short_unsegmented or term.fragment:
                 # For an indexed short term this only rechecks what the trigram lookup
-                # found, or reads the texts when the term starts too many trigrams.
+                # found, or reads the texts when the term starts too many trigrams; a
+                # fragment is found by reading the texts.
                 conditions.append(f"instr(lower({a}.{s.column}), {self.bind(literal.translate(ASCII_LOWER))}) > 0")
             if edged:
                 conditions.append(edged)
@@ -588,6 +592,11 @@ def _merged(first: list[Any], second: list[Any], limit: int) -> list[Any]:
     unique = {row.message_id or row.conversation_id: row for row in [*first, *second]}
     newest = sorted(unique.values(), key=lambda row: (row.created_at, row.message_id or row.conversation_id), reverse=True)
     return newest[:limit]
+
+
+def _latin_words(term: Term) -> bool:
+    """A term the SQLite word index finds (by its words)."""
+    return not (term.unsegmented or term.fragment)
 
 
 def _fts_string(value: str) -> str:

@@ -101,6 +101,9 @@ class Term:
     exclude: bool = False
     prefix: bool = False
     """The last word may be the start of a longer one."""
+    fragment: bool = False
+    """Its text may be anywhere, inside words too (`UserNam` in `getUserName`): how a term is
+    looked for again when its words found nothing (`Query.fragments`)."""
 
     @property
     def literal(self) -> bool:
@@ -124,3 +127,21 @@ class Query:
     @property
     def excluded(self) -> tuple[Term, ...]:
         return tuple(term for term in self.terms if term.exclude)
+
+    def fragments(self) -> Query | None:
+        """The query again with its included terms of `FRAGMENT_MIN` characters or more as
+        fragments, for when its words find nothing; None if no term can be one. Terms of
+        unsegmented scripts are left as they are: their characters are words already, so
+        they match inside text anyway."""
+        terms = tuple(
+            Term(term.text, term.words, fragment=True)
+            if not term.exclude and not term.unsegmented and len(term.text) >= FRAGMENT_MIN
+            else term
+            for term in self.terms
+        )
+        return Query(terms) if terms != self.terms else None
+
+
+FRAGMENT_MIN = 3
+"""Characters a fragment needs: a trigram index (PostgreSQL's pg_trgm) finds shorter ones
+only by reading every text."""

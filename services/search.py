@@ -7,13 +7,17 @@ the dialogue messages that match. Each hit carries an opaque `cursor`: passed ba
 Listed by conversation (`GET /v1/conversations?query=`), each matching conversation comes
 once, at the place of its best hit, with that hit; a page continues after a conversation,
 at the place of that conversation's best hit.
+
+Where words fail, fragments: when a query's words find nothing at all, its terms of three
+characters or more are looked for anywhere in the texts, inside words too (`UserNam` finds
+`getUserName`, `ubernete` finds `kubernetes`). A page of fragment hits says so in its
+cursors, so the pages after it go on finding fragments.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import islice
@@ -23,7 +27,7 @@ from sqlalchemy.orm import Session
 from models.db import Database
 from models.entities import Conversation
 from models.search import Filters, Hit, Key, find, indexed_language
-from models.search_text import Query, Term
+from models.search_text import Query
 from services.errors import ConversationNotFound, NotFound
 from services.items import ConversationView, Page, view_of
 from services.search_query import parse
@@ -68,20 +72,33 @@ class ConversationMatch:
     hit: SearchHit
 
 
-CURSOR_PATTERN = r"^[01]\.-?[0-9]{1,16}\.[0-9a-f]{32}$"
-"""A cursor: the hit's tier (titles, messages), its time in microseconds since 1970, its id.
-Opaque to clients; every string of this shape names a position (up to ±317 years)."""
+CURSOR_PATTERN = r"^[0-3]\.-?[0-9]{1,16}\.[0-9a-f]{32}$"
+"""A cursor: the hit's tier (titles, messages; plus `FRAGMENTS` for a fragment hit), its time
+in microseconds since 1970, its id. Opaque to clients; every string of this shape names a
+position (up to ±317 years)."""
+FRAGMENTS = 2
+"""Added to the tier of a fragment hit's cursor."""
 
 
-def encode_cursor(tier: int, key: Key) -> str:
+@dataclass(frozen=True)
+class Position:
+    """Where a page starts: below a hit, found by words or as fragments."""
+
+    tier: int
+    key: Key
+    fragments: bool
+
+
+def encode_cursor(tier: int, key: Key, fragments: bool = False) -> str:
     micros = (key.at - EPOCH) // timedelta(microseconds=1)
-    return f"{tier}.{micros}.{key.id.hex}"
+    return f"{tier + (FRAGMENTS if fragments else 0)}.{micros}.{key.id.hex}"
 
 
-def decode_cursor(cursor: str) -> tuple[int, Key]:
+def decode_cursor(cursor: str) -> Position:
     """The position a cursor names (its shape is checked with the request, by `CURSOR_PATTERN`)."""
     tier, micros, hex_id = cursor.split(".")
-    return int(tier), Key(EPOCH + timedelta(microseconds=int(micros)), uuid.UUID(hex=hex_id))
+    key = Key(EPOCH + timedelta(microseconds=int(micros)), uuid.UUID(hex=hex_id))
+    return Position(int(tier) % FRAGMENTS, key, int(tier) >= FRAGMENTS)
 
 
 class SearchService:
@@ -95,15 +112,22 @@ class SearchService:
         if not query.included:
             return []  # exclusions alone narrow nothing down
         after = decode_cursor(request.after) if request.after else None
+        fragments = query.fragments()
         with UnitOfWork(self._db) as uow:
             self._check_language(uow.session)
             if request.conversation_id is not None:
                 conversation = uow.session.get(Conversation, request.conversation_id)
                 if conversation is None or conversation.owner != owner:
                     raise ConversationNotFound(f"Conversation {request.conversation_id} does not exist.")
-            filters = Filters(owner, after, request.conversation_id, request.role)
-            found = find(uow.session, query, filters, request.limit)
-        return [_hit(hit, query.terms) for hit in found]
+            start = (after.tier, after.key) if after else None
+            filters = Filters(owner, start, request.conversation_id, request.role)
+            if after and after.fragments and fragments:
+                query, found = fragments, find(uow.session, fragments, filters, request.limit)
+            else:
+                found = find(uow.session, query, filters, request.limit)
+                if not found and after is None and fragments:
+                    query, found = fragments, find(uow.session, fragments, filters, request.limit)
+        return [_hit(hit, query) for hit in found]
 
     def conversations(
         self, owner: str, text: str, *, after: uuid.UUID | None, limit: int
@@ -116,11 +140,19 @@ class SearchService:
             return Page([], False)  # exclusions alone narrow nothing down
         with UnitOfWork(self._db) as uow:
             self._check_language(uow.session)
-            found = self._best_hits(uow.session, query, owner, after, limit + 1)
+            fragments = query.fragments()
+            if after is None:
+                found = self._best_hits(uow.session, query, owner, None, limit + 1)
+                if not found and fragments:
+                    query, found = fragments, self._best_hits(uow.session, fragments, owner, None, limit + 1)
+            else:  # the pages before found fragments if `after` is not among the words' hits
+                if fragments and self._best(uow.session, query, owner, after) is None:
+                    query = fragments
+                found = self._best_hits(uow.session, query, owner, after, limit + 1)
             page = found[:limit]
             conversations = uow.conversations.owned_many(owner, [hit.conversation_id for hit in page])
             views = {conversation.id: view_of(conversation) for conversation in conversations}
-        matches = [ConversationMatch(views[hit.conversation_id], _hit(hit, query.terms)) for hit in page]
+        matches = [ConversationMatch(views[hit.conversation_id], _hit(hit, query)) for hit in page]
         return Page(matches, len(found) > limit)
 
     def _best_hits(self, session: Session, query: Query, owner: str, after: uuid.UUID | None, limit: int) -> list[Hit]:
@@ -178,13 +210,14 @@ class SearchService:
             )
 
 
-def _hit(hit: Hit, terms: Sequence[Term]) -> SearchHit:
+def _hit(hit: Hit, query: Query) -> SearchHit:
+    fragments = any(term.fragment for term in query.terms)
     return SearchHit(
         conversation_id=hit.conversation_id,
         title=hit.title,
         message_id=hit.message_id,
         role=hit.role,
-        snippet=snippet(hit.content if hit.message_id else hit.title, terms),
+        snippet=snippet(hit.content if hit.message_id else hit.title, query.terms),
         created_at=hit.created_at,
-        cursor=encode_cursor(hit.tier, hit.key),
+        cursor=encode_cursor(hit.tier, hit.key, fragments),
     )

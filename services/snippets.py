@@ -42,7 +42,7 @@ def _matches(text: str, term: Term) -> Iterator[tuple[int, int]]:
 def _pattern(term: Term) -> re.Pattern[str]:
     if term.unsegmented:
         return re.compile(edge_pattern(term) or re.escape(term.text), re.IGNORECASE)
-    if term.literal:
+    if term.literal or term.fragment:
         return re.compile(re.escape(term.text), re.IGNORECASE)
     return re.compile(word_pattern(term))
 

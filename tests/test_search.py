@@ -14,7 +14,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, event, func, select, text
 from sqlalchemy.engine import make_url
 
 import models.search
@@ -96,8 +96,12 @@ def test_excluded_words_leave_messages_out(app: Flask, client: FlaskClient) -> N
 def test_a_star_matches_the_start_of_a_word(app: Flask, client: FlaskClient) -> None:
     store(app, "configuration files", "configure it", "reconfigure")
     assert snippets(client, "config*") == ["**configure** it", "**configuration** files"]
-    assert snippets(client, "config") == []
     assert snippets(client, '"configure it"*') == ["**configure it**"]
+    # No word `config`: found as a fragment instead, anywhere (`Query.fragments`) ...
+    assert snippets(client, "config") == ["re**config**ure", "**config**ure it", "**config**uration files"]
+    store(app, "a config file")
+    # ... but where `config` is a word, only whole words count.
+    assert snippets(client, "config") == ["a **config** file"]
 
 
 def test_chinese_japanese_korean_and_thai_match_inside_text(app: Flask, client: FlaskClient) -> None:
@@ -135,7 +139,8 @@ def test_a_latin_word_written_against_cjk_characters_is_a_word(app: Flask, clien
     assert snippets(client, "bar.baz") == ["先装foo_**bar.baz**()再说"]
     assert snippets(client, "web") == ["用Go写的**Web**服务"]
     assert snippets(client, "pythonic") == ["**Pythonic** 代码"]
-    assert snippets(client, "ython") == [] and snippets(client, "yth*") == []  # whole words only
+    # No word starts `yth`: as a fragment it is found anywhere, across the CJK boundary too.
+    assert snippets(client, "yth*") == ["我们用P**yth**on写代码", "P**yth**onic 代码", "p**yth**onista"]
     assert snippets(client, "Python写") == ["我们用**Python写**代码"]  # typed against the characters too
     assert snippets(client, "n写") == [] and snippets(client, "用Py") == []  # ... still whole words
     assert snippets(client, "用Py*") == ["我们**用Python**写代码"]
@@ -357,6 +362,103 @@ def test_a_page_may_start_after_any_hit(app: Flask, client: FlaskClient) -> None
     everything = search(client, "cursor")
     for index, hit in enumerate(everything):
         assert search(client, "cursor", after=hit["cursor"]) == everything[index + 1 :]
+
+
+# -- fragments: where words find nothing -------------------------------------------
+
+
+def test_fragments_are_found_inside_words_when_words_find_nothing(app: Flask, client: FlaskClient) -> None:
+    store(app, "ask the username later", "nothing here")
+    store(app, "def getUserName(id): pass", title="Kubernetes deployment notes")
+    assert snippets(client, "UserNam") == ["def get**UserNam**e(id): pass", "ask the **usernam**e later"]
+    assert snippets(client, "username") == ["ask the **username** later"]  # a word found: no fragments
+    assert snippets(client, "UserNam -ask") == ["def get**UserNam**e(id): pass"]
+    assert snippets(client, "UserNam pass") == ["def get**UserNam**e(id): **pass**"]  # both as fragments
+    assert snippets(client, "UserNam (id") == ["def get**UserNam**e**(id**): pass"]
+    assert snippets(client, "se") == []  # too short to be a fragment
+    hits = search(client, "ubernete")
+    assert [hit["message_id"] for hit in hits] == [None] and hits[0]["snippet"] == "K**ubernete**s deployment notes"
+    assert hits[0]["cursor"].startswith("2.")  # a fragment hit's cursor: the next pages find fragments too
+    assert search(client, "ubernete", role="user") == []  # a title is nobody's words
+
+
+def test_a_fragment_is_taken_literally(app: Flask, client: FlaskClient) -> None:
+    store(app, "100%_done and 100x-done", "back\\slash")
+    assert snippets(client, "0%_d") == ["10**0%_d**one and 100x-done"]
+    assert snippets(client, "ck\\sl") == ["ba**ck\\sl**ash"]
+    assert snippets(client, "0%%d") == [] and snippets(client, "k%s") == []
+
+
+def test_fragment_pages_follow_each_other_without_repeats_or_gaps(app: Flask, client: FlaskClient) -> None:
+    same_moment = datetime(2025, 1, 1, tzinfo=UTC)
+    for index in range(3):
+        store(app, *[f"xyzmarkerabc{index}.{n}" for n in range(4)], title=f"amarkers {index}", at=same_moment)
+    everything = search(client, "marker", limit=100)
+    assert len(everything) == 3 + 12 and all(hit["cursor"][0] in "23" for hit in everything)
+    pages, after = [], None
+    while page := search(client, "marker", limit=4, **({"after": after} if after else {})):
+        pages.append(page)
+        after = page[-1]["cursor"]
+    assert [len(page) for page in pages] == [4, 4, 4, 3]
+    assert [hit["cursor"] for page in pages for hit in page] == [hit["cursor"] for hit in everything]
+    listed = app.services.search.conversations("", "marker", after=None, limit=2)
+    assert len(listed.data) == 2 and listed.has_more
+    rest = app.services.search.conversations("", "marker", after=listed.data[-1].conversation.id, limit=2)
+    assert len(rest.data) == 1 and not rest.has_more
+    assert {str(match.conversation.id) for match in [*listed.data, *rest.data]} == {
+        hit["conversation_id"] for hit in everything}
+
+
+def test_fragments_leave_other_keys_and_deleted_conversations_out(app: Flask, client: FlaskClient) -> None:
+    keys = ApiKeys(app.services.database)
+    alice = {"Authorization": f"Bearer {keys.create('alice').key}"}
+    bob = {"Authorization": f"Bearer {keys.create('bob').key}"}
+    store(app, "my getUserName helper", owner="bob")
+    gone = store(app, "old getUserName helper", owner="alice")
+    assert [hit["snippet"] for hit in search(client, "UserNam", alice)] == ["old get**UserNam**e helper"]
+    ok(client.post("/api/chat/delete/conversation", json={"convo_id": str(gone)}, headers=alice))
+    assert search(client, "UserNam", alice) == []
+    assert [hit["snippet"] for hit in search(client, "UserNam", bob)] == ["my get**UserNam**e helper"]
+
+
+def test_postgresql_reads_fragments_through_the_trigram_index(empty_postgresql_url: str) -> None:
+    """The older messages' part of a fragment search is planned on `ix_messages_trigrams`
+    (migration 0011), the titles' on `ix_conversations_trigrams`."""
+    database = Database(empty_postgresql_url)
+    try:
+        with UnitOfWork(database) as uow:
+            indexes = set(uow.session.execute(text("SELECT indexname FROM pg_indexes WHERE indexname LIKE '%trigrams'")).scalars())
+            uow.session.execute(text(  # enough rows for the planner to prefer the trigram index
+                "INSERT INTO conversations (id, owner, title, created_at, updated_at)"
+                " SELECT md5('c' || i)::uuid, '', 'chat ' || i, now(), now() FROM generate_series(1, 500) AS i"
+            ))
+            uow.session.execute(text(
+                "INSERT INTO messages (id, conversation_id, role, content, status, created_at)"
+                " SELECT md5('m' || i)::uuid, md5('c' || (i % 500 + 1))::uuid, 'user', 'note ' || i || ' ' || md5('t' || i),"
+                " 'finished_successfully', now() - i * interval '1 second' FROM generate_series(1, 30000) AS i"
+            ))
+            uow.commit()
+        with database.engine.connect() as connection:
+            connection.exec_driver_sql("ANALYZE messages")
+            connection.exec_driver_sql("ANALYZE conversations")
+            connection.commit()
+        assert indexes == {"ix_messages_trigrams", "ix_conversations_trigrams"}
+        statements: list[tuple[str, Any]] = []
+
+        def seen(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
+            if "ILIKE" in statement:
+                statements.append((statement, parameters))
+
+        event.listen(database.engine, "before_cursor_execute", seen)
+        SearchService(database).search("", SearchRequest(query="UserNam"))
+        event.remove(database.engine, "before_cursor_execute", seen)
+        assert len(statements) == 1
+        with database.engine.begin() as connection:
+            connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
+            plan = "\n".join(row[0] for row in connection.exec_driver_sql("EXPLAIN " + statements[0][0], statements[0][1]))
+        assert "ix_messages_trigrams" in plan and "ix_conversations_trigrams" in plan, plan
+    finally:
+        database.dispose()
 
 
 # -- bad input and hostile queries -----------------------------------------------
