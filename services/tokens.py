@@ -26,6 +26,11 @@ def _encoding() -> tiktoken.Encoding:
     return tiktoken.get_encoding(ENCODING)
 
 
+def load() -> None:
+    """Load the encoding now (it takes about a quarter of a second) rather than at first use."""
+    _encoding()
+
+
 def count_text(text: str) -> int:
     """Tokens in `text`; special-token markers in user text count as plain text."""
     return len(encode(text))
