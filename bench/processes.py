@@ -110,12 +110,12 @@ class Child:
             pass
 
 
-def _spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Child:
+def _spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path, cwd: Path = PROJECT_ROOT) -> Child:
     log_path = log_dir / f"{name}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             args,
-            cwd=PROJECT_ROOT,
+            cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -161,15 +161,42 @@ def start_service(name: str, log_dir: Path, env: dict[str, str], *, timeout: flo
     full_env.update(env)
     child = _spawn(name, [sys.executable, "app.py"], full_env, log_dir)
     child.url = f"http://127.0.0.1:{port}"
+    return wait_healthy(child, "/healthz", timeout)
+
+
+def start_http_server(
+    name: str, args: list[str], env: dict[str, str], log_dir: Path, *, cwd: Path, url: str, health: str,
+    timeout: float,
+) -> Child:
+    """Any other server the bench measures: `args` with exactly `env`, in `cwd`, once `health` answers."""
+    child = _spawn(name, args, env, log_dir, cwd=cwd)
+    child.url = url
+    return wait_healthy(child, health, timeout)
+
+
+def wait_healthy(child: Child, health: str, timeout: float) -> Child:
+    """`child` once `GET <its url><health>` answers 200; stopped, with its log, if it does not in time."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if child.process.poll() is not None:
             break
         try:
-            with urllib.request.urlopen(f"{child.url}/healthz", timeout=2) as response:
+            with urllib.request.urlopen(f"{child.url}{health}", timeout=2) as response:
                 if response.status == 200:
                     return child
         except OSError:
             time.sleep(0.1)
     child.stop()
-    raise RuntimeError(f"{name} did not start:\n{child.log_tail()}")
+    raise RuntimeError(f"{child.name} did not start:\n{child.log_tail()}")
+
+
+def wait_quiet(child: Child, *, window: float = 0.5, busy: float = 0.05, timeout: float = 15.0) -> bool:
+    """Wait until `child` used under `busy` of one CPU over `window` seconds, that is its
+    background work (titles) is done; False if it was still busy after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = child.cpu_seconds()
+        time.sleep(window)
+        if child.cpu_seconds() - before < busy * window:
+            return True
+    return False

@@ -80,5 +80,25 @@ def render(sections: list[Section]) -> str:
     return "\n".join(out)
 
 
+def beside(figure: str, theirs: float, ours: float, unit: str, *, higher_is_better: bool,
+           us: str = "gpt-api", them: str = "LiteLLM", note: str = "") -> Row:
+    """Their figure as the row's value, ours and the ratio ours / theirs in its note."""
+    ratio = ours / theirs if theirs and not math.isnan(theirs) else float("nan")
+    unit_text = f" {unit}" if unit else ""
+    return Row(figure, theirs, unit, note=" ".join(part for part in (
+        f"{us} {_number(ours)}{unit_text}; {us} / {them} = {_number(ratio)}",
+        f"({'higher' if higher_is_better else 'lower'} is better)",
+        note,
+    ) if part))
+
+
 def misses(sections: list[Section]) -> list[Row]:
     return [row for section in sections for row in section.rows if row.result == "MISS"]
+
+
+def summary(sections: list[Section]) -> str:
+    """How many targets PASS, and which MISS (by name)."""
+    targets = [row for section in sections for row in section.rows if row.target is not None]
+    missed = misses(sections)
+    line = f"{len(targets) - len(missed)} of {len(targets)} targets PASS"
+    return f"{line}; MISS: {'; '.join(row.figure for row in missed)}" if missed else f"{line}, none MISS"

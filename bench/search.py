@@ -316,7 +316,8 @@ def search_sections(postgres_url: str, work_dir: Path, messages: int, log: Calla
         finally:
             database.dispose()
         sections.append(Section(
-            f"search, {kind} ({messages:,} messages in {conversations:,} conversations, one owner; timed through"
+            f"search, {kind} (one run, not three: seeding takes minutes; {messages:,} messages in"
+            f" {conversations:,} conversations, one owner; timed through"
             " SearchService.search; an insert's floor is the same insert before migration 0005)",
             rows,
         ))

@@ -1,4 +1,5 @@
-"""The bench's own PostgreSQL database, and data seeded into it straight with SQL.
+"""The bench's own PostgreSQL database, data seeded into it straight with SQL, and what
+the service wrote there that a figure needs (generated titles).
 
 The service creates the tables (its migrations run when it starts); seeding then
 writes rows shaped as the service writes them: every conversation has its root node
@@ -9,9 +10,12 @@ messages. Ids are md5 hashes of a label, so the rows are the same on every run.
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+
+from models.entities import DEFAULT_TITLE
 
 SEED_CONVERSATIONS = text(
     """
@@ -116,5 +120,22 @@ def list_cursor(url: str, position: int, owner: str = "") -> uuid.UUID:
                 ),
                 {"owner": owner, "position": position},
             ).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def titled(url: str, since: datetime, until: datetime) -> tuple[int, int]:
+    """Conversations created in [since, until), and how many of them have a generated title."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            created, named = connection.execute(
+                text(
+                    "SELECT count(*), count(*) FILTER (WHERE title <> :default) FROM conversations"
+                    " WHERE created_at >= :since AND created_at < :until"
+                ),
+                {"default": DEFAULT_TITLE, "since": since, "until": until},
+            ).one()
+            return created, named
     finally:
         engine.dispose()
