@@ -31,6 +31,8 @@ import logging
 from alembic import op
 from sqlalchemy import Connection, text
 
+from models.online_ddl import create_index_concurrently
+
 revision = "0005"
 down_revision = "0004"
 branch_labels = None
@@ -171,7 +173,7 @@ def _postgresql(language: str) -> None:
             ("ix_messages_search_order", f"messages (created_at DESC, id DESC) WHERE {DIALOGUE}"),
             ("ix_conversations_search_order", "conversations (owner, created_at DESC, id DESC)"),
         ):
-            _create_index_concurrently(connection, name, definition)
+            create_index_concurrently(connection, name, definition)
         connection.execute(text("ANALYZE messages"))
         connection.execute(text("ANALYZE conversations"))
 
@@ -193,18 +195,6 @@ def _backfill_postgresql(connection: Connection, table: str, document: str, scop
             {"bound": bound, "last": last},
         )
         last = bound
-
-
-def _create_index_concurrently(connection: Connection, name: str, definition: str) -> None:
-    """Build without blocking writes; an earlier interrupted build leaves an invalid index,
-    which is dropped first."""
-    invalid = connection.execute(
-        text("SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = :name AND NOT i.indisvalid"),
-        {"name": name},
-    ).first()
-    if invalid is not None:
-        connection.execute(text(f"DROP INDEX CONCURRENTLY {name}"))
-    connection.execute(text(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {definition}"))
 
 
 # -- SQLite ---------------------------------------------------------------------

@@ -20,6 +20,8 @@ import logging
 from alembic import op
 from sqlalchemy import Connection, text
 
+from models.online_ddl import create_index_concurrently
+
 revision = "0011"
 down_revision = "0010"
 branch_labels = None
@@ -41,7 +43,7 @@ def upgrade() -> None:
         if not _has_trigrams(connection):
             return
         for name, definition in INDEXES:
-            _create_index_concurrently(connection, name, definition)
+            create_index_concurrently(connection, name, definition)
 
 
 def downgrade() -> None:
@@ -65,15 +67,3 @@ def _has_trigrams(connection: Connection) -> bool:
                     str(error).splitlines()[0])
         return False
     return True
-
-
-def _create_index_concurrently(connection: Connection, name: str, definition: str) -> None:
-    """Build without blocking writes; an earlier interrupted build leaves an invalid index,
-    which is dropped first."""
-    invalid = connection.execute(
-        text("SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = :name AND NOT i.indisvalid"),
-        {"name": name},
-    ).first()
-    if invalid is not None:
-        connection.execute(text(f"DROP INDEX CONCURRENTLY {name}"))
-    connection.execute(text(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {definition}"))
