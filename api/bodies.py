@@ -1,4 +1,5 @@
-"""JSON bodies: parsed once, by pydantic's parser, with errors in the service's own words.
+"""JSON bodies: parsed once, by pydantic's parser, with errors in the service's own words;
+answers of JSON's own types written by pydantic's writer, byte for byte as Flask writes them.
 
 Every POST route takes a JSON object. Parsing with `pydantic_core.from_json` rather than
 the standard library bounds nesting (a deeply nested body is a 400, not a recursion
@@ -8,11 +9,12 @@ route's model.
 
 from __future__ import annotations
 
+import re
 from io import BytesIO
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import pydantic_core
-from flask import Request, request
+from flask import Request, Response, current_app, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 from werkzeug.utils import cached_property
@@ -28,6 +30,36 @@ class JSONProvider(DefaultJSONProvider):
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
         return pydantic_core.from_json(s)
+
+    def plain_response(self, value: Any) -> Response:
+        """`response(value)`, the same bytes, for a value made only of JSON's own types (dicts
+        with text keys, lists, text, numbers, booleans, None), as the payloads' TypedDicts are.
+
+        `pydantic_core.to_json` writes such a value five times faster than the standard
+        library (a 1,000-message history: 9 to 1.6 ms) and byte for byte as it does, except a
+        float between 1e-9 and 1e-4 (`1e-5` for `1e-05`, `0.000012` for `1.2e-05`). Its output
+        is searched for anything that could be one (about 0.5 ms for 860 KB; text that looks
+        like one only costs the slow way), and then written the standard library's way. Any
+        other type (a `datetime`, which Flask writes as an HTTP date) must not reach here."""
+        if self._app.debug and self.compact is None or self.compact is False:
+            return self.response(value)
+        body = pydantic_core.to_json(value, inf_nan_mode="constants")
+        if _SHORT_EXPONENT.search(body) is not None or _SMALL_DECIMAL.search(body) is not None:
+            return self.response(value)
+        return self._app.response_class(body + b"\n", mimetype=self.mimetype)
+
+
+_SHORT_EXPONENT = re.compile(rb"e-[0-9](?:[,\]}]|\Z)")
+_SMALL_DECIMAL = re.compile(rb"0\.0000[1-9]")
+"""Where `pydantic_core.to_json` may have written a number unlike the standard library: a
+one-digit negative exponent (Python writes two, `1e-05`), or a decimal where Python writes
+an exponent (from 1e-5 to 1e-4). Two searches of a literal each: one pattern for both, or one
+that also checks what precedes, costs ten times as much."""
+
+
+def json_response(value: Any) -> Response:
+    """The app's `JSONProvider.plain_response`: `jsonify(value)` for a value of JSON's own types."""
+    return cast(JSONProvider, current_app.json).plain_response(value)
 
 
 class JSONRequest(Request):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 
-from flask import Response, g, jsonify
+from flask import Response, g
 from flask_openapi3 import APIBlueprint
 
-from api.bodies import require_json_object
+from api.bodies import json_response, require_json_object
 from api.context import current_caller, services
 from api.limits import answer_slot
 from api.openapi import CHAT, JSON_ROUTE_ERRORS, KEY_OR_NONE, errors
@@ -45,7 +45,8 @@ def server_timing(upstream_seconds: float) -> str:
 
 
 def ok(payload: object) -> Response:
-    return jsonify({"response": payload})
+    """The envelope of every success; payloads are TypedDicts of JSON's own types."""
+    return json_response({"response": payload})
 
 
 @bp.post("/ask", responses={200: AnswerResponse, **errors(404, 502, 504)})

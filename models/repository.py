@@ -14,13 +14,16 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    Double,
     Row,
     Select,
     Text,
+    Uuid,
     bindparam,
     case,
     cast,
     delete,
+    func,
     insert,
     literal,
     null,
@@ -35,17 +38,13 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.elements import TextClause
 
-from models.entities import DEFAULT_TITLE, ChatCompletion, Conversation, Message
+from models.entities import DEFAULT_TITLE, ChatCompletion, Conversation, Message, UTCDateTime
 from models.statuses import FINISHED, IN_PROGRESS, INTERRUPTED
 
 MESSAGE_COLUMNS = tuple(Message.__table__.columns)
-TREE_COLUMNS = tuple(
-    column for column in Message.__table__.columns
-    if column.name in ("role", "content", "status", "end_turn", "model", "finish_details", "created_at",
-                       "prompt_tokens", "completion_tokens", "original", "answer_details")
-)
-"""What a message shows in a conversation's tree, besides its id and parent."""
-SUMMARY_COLUMNS = (Conversation.id, Conversation.title, Conversation.created_at, Conversation.updated_at)
+TREE_FIELDS = ("id", "parent_id", "role", "content", "status", "end_turn", "model", "finish_details", "created_at",
+               "prompt_tokens", "completion_tokens", "original", "answer_details")
+"""What a message shows in a conversation's tree, in the order of `ConversationRepository.tree`'s tuples."""
 _IN_PROGRESS = literal(IN_PROGRESS, literal_execute=True)
 """Written into the statement, so both databases use the partial index on answers in progress."""
 _BATCH = 500
@@ -53,6 +52,22 @@ _BATCH = 500
 _CONVERSATIONS = Conversation.__table__
 _MESSAGES = Message.__table__
 """The tables, for Core statements on the answer path (no ORM bookkeeping per row)."""
+_CURSOR = _CONVERSATIONS.alias("cursor")
+_PAGE = (
+    select(_CONVERSATIONS.c.id, _CONVERSATIONS.c.title, _CONVERSATIONS.c.created_at, _CONVERSATIONS.c.updated_at)
+    .where(_CONVERSATIONS.c.owner == bindparam("owner"))
+    .order_by(_CONVERSATIONS.c.updated_at.desc(), _CONVERSATIONS.c.id.desc())
+    .limit(bindparam("limit"))
+    .offset(bindparam("offset"))
+)
+_PAGE_AFTER = _PAGE.where(
+    tuple_(_CONVERSATIONS.c.updated_at, _CONVERSATIONS.c.id)
+    < select(_CURSOR.c.updated_at, _CURSOR.c.id)
+    .where(_CURSOR.c.id == bindparam("after"), _CURSOR.c.owner == bindparam("owner"))
+    .scalar_subquery()
+)
+"""A list page, built once; `_PAGE_AFTER` continues past the conversation `after` (no row when the
+owner has no such conversation)."""
 _NODE_DEFAULTS: dict[str, Any] = {"parent_id": None, "role": None, "end_turn": None, "status": FINISHED}
 """Every node of a multi-row insert names the same columns."""
 
@@ -119,6 +134,38 @@ def _place_answer(moved: tuple[str, ...], answer: tuple[str, ...], new: bool) ->
     return text(touch + write).bindparams(*types)
 
 
+def _as_shown(column: Any, postgresql: bool) -> Any:
+    """On PostgreSQL an id column as text and a time as epoch seconds, written by the server: a
+    thousand-message tree would otherwise make thousands of `uuid.UUID` and `datetime` objects
+    only to print them again. (Its epoch seconds are the float `datetime.timestamp()` gives:
+    both divide the exact microseconds by a million, rounding once. `date_part` computes them
+    in floating point; `EXTRACT` would go through `numeric`, several times slower.)"""
+    if not postgresql:
+        return column
+    if isinstance(column.type, Uuid):
+        return cast(column, Text).label(column.name)
+    if isinstance(column.type, UTCDateTime):
+        return func.date_part("epoch", column, type_=Double).label(column.name)
+    return column
+
+
+@functools.cache
+def _tree_header_query(postgresql: bool) -> Select[Any]:
+    columns = ("title", "created_at", "updated_at", "current_node_id")
+    return select(*(_as_shown(_CONVERSATIONS.c[name], postgresql) for name in columns)).where(
+        _CONVERSATIONS.c.id == bindparam("conversation_id"), _CONVERSATIONS.c.owner == bindparam("owner")
+    )
+
+
+@functools.cache
+def _tree_query(postgresql: bool) -> Select[Any]:
+    return (
+        select(*(_as_shown(_MESSAGES.c[name], postgresql) for name in TREE_FIELDS))
+        .where(_MESSAGES.c.conversation_id == bindparam("conversation_id"))
+        .order_by(_MESSAGES.c.created_at, _MESSAGES.c.parent_id.is_not(None))
+    )
+
+
 def _update_answer(answer: dict[str, Any]) -> Update:
     return update(_MESSAGES).where(_MESSAGES.c.id == answer["id"]).values(answer)
 
@@ -146,25 +193,19 @@ class ConversationRepository:
         return list(self.session.scalars(query))
 
     def page(
-        self, owner: str, *, limit: int, offset: int = 0, after: Conversation | None = None
+        self, owner: str, *, limit: int, offset: int = 0, after: uuid.UUID | None = None
     ) -> Sequence[Row[Any]]:
-        """Summaries, newest activity first; `after` continues past that conversation.
+        """Summaries `(id, title, created_at, updated_at)`, newest activity first; `after`
+        continues past that conversation of the owner's (an empty page when it has none).
 
-        A row-value comparison, which the (owner, updated_at, id) index answers directly;
-        the same condition spelled with OR makes PostgreSQL scan every row before the cursor.
+        One statement: the cursor's position is a subquery. A row-value comparison, which the
+        (owner, updated_at, id) index answers directly; the same condition spelled with OR
+        makes PostgreSQL scan every row before the cursor.
         """
-        query = (
-            select(*SUMMARY_COLUMNS)
-            .where(Conversation.owner == owner)
-            .order_by(Conversation.updated_at.desc(), Conversation.id.desc())
-            .offset(offset)
-            .limit(limit)
-        )
-        if after is not None:
-            query = query.where(
-                tuple_(Conversation.updated_at, Conversation.id) < tuple_(after.updated_at, after.id)
-            )
-        return self.session.execute(query).all()
+        parameters: dict[str, Any] = {"owner": owner, "limit": limit, "offset": offset}
+        if after is None:
+            return self.session.execute(_PAGE, parameters).all()
+        return self.session.execute(_PAGE_AFTER, {**parameters, "after": after}).all()
 
     def add_conversation(self, *, nodes: Sequence[dict[str, Any]], **values: Any) -> None:
         """A new conversation and its first nodes (parents before children): one statement on
@@ -263,18 +304,29 @@ class ConversationRepository:
             .order_by(Message.created_at, Message.parent_id.is_not(None))
         ).all()
 
-    def tree(self, conversation_id: uuid.UUID) -> Sequence[Row[Any]]:
-        """What `msg/history` shows of a conversation's messages, in creation order. On
-        PostgreSQL the ids come as text: a thousand-message tree would otherwise make three
-        thousand `uuid.UUID` objects only to print them again."""
-        ids = (cast(Message.id, Text).label("id"), cast(Message.parent_id, Text).label("parent_id")) if (
-            self._postgresql
-        ) else (Message.id, Message.parent_id)
-        return self.session.execute(
-            select(*ids, *TREE_COLUMNS)
-            .where(Message.conversation_id == conversation_id)
-            .order_by(Message.created_at, Message.parent_id.is_not(None))
-        ).all()
+    def tree_header(self, owner: str, conversation_id: uuid.UUID) -> tuple[str, float, float, str | None] | None:
+        """The owner's conversation as its tree shows it: `(title, created_at, updated_at,
+        current_node_id)`, times as epoch seconds and the id as text; None if there is none."""
+        row = self.session.execute(
+            _tree_header_query(self._postgresql), {"owner": owner, "conversation_id": conversation_id}
+        ).first()
+        if row is None:
+            return None
+        return tuple(row) if self._postgresql else self._shown(row)  # type: ignore[return-value]
+
+    def tree(self, conversation_id: uuid.UUID) -> Sequence[Sequence[Any]]:
+        """What `msg/history` shows of a conversation's messages, in creation order: tuples of
+        `TREE_FIELDS`, the ids as text and the times as epoch seconds (see `_as_shown`)."""
+        rows = self.session.execute(_tree_query(self._postgresql), {"conversation_id": conversation_id}).all()
+        return rows if self._postgresql else [self._shown(row) for row in rows]
+
+    @staticmethod
+    def _shown(row: Row[Any]) -> tuple[Any, ...]:
+        """SQLite's row in the terms of `_as_shown` (PostgreSQL writes it so itself)."""
+        return tuple(
+            str(value) if isinstance(value, uuid.UUID) else value.timestamp() if isinstance(value, datetime) else value
+            for value in row
+        )
 
     def add_message(self, **values: Any) -> None:
         self.session.execute(insert(Message).values(values))

@@ -7,13 +7,13 @@ node ids of the imported file, node by node.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Annotated, Any
 
 from pydantic import ConfigDict, Field, with_config
 from typing_extensions import NotRequired, TypedDict
 
-from models.entities import Conversation, Message
+from models.entities import Message
 
 
 class TokenUsage(TypedDict):
@@ -97,24 +97,43 @@ def message_document(message: Message, node_id: str | None = None) -> MessageDoc
     if message.original is not None:
         original: MessageDocument = message.original  # type: ignore[assignment]  # kept as imported
         return original if node_id is None else {**original, "id": node_id}
+    return _made_here(
+        node_id or str(message.id), message.role, message.content, message.status, message.end_turn,  # type: ignore[arg-type]
+        message.model, message.finish_details, message.created_at.timestamp(), message.prompt_tokens,
+        message.completion_tokens, message.answer_details,
+    )
+
+
+def _made_here(
+    node_id: str,
+    role: str,
+    content: str,
+    status: str,
+    end_turn: bool | None,
+    model: str | None,
+    finish_details: str | None,
+    create_time: float,
+    prompt_tokens: int | None,
+    completion_tokens: int | None,
+    answer_details: dict[str, Any] | None,
+) -> MessageDocument:
+    """A message made here, from its columns: the one place its shape is written."""
     metadata: MessageMetadata = {}
-    if message.role == "assistant":
-        metadata["model_slug"] = message.model
-        metadata["finish_details"] = (
-            {"type": message.finish_details} if message.finish_details else None
-        )
-    if message.prompt_tokens is not None or message.completion_tokens is not None:
-        metadata["usage"] = usage_document(message.prompt_tokens, message.completion_tokens)
-    if message.answer_details:
-        metadata.update(message.answer_details)  # type: ignore[typeddict-item]  # `upstream`, `context`
+    if role == "assistant":
+        metadata["model_slug"] = model
+        metadata["finish_details"] = {"type": finish_details} if finish_details else None
+    if prompt_tokens is not None or completion_tokens is not None:
+        metadata["usage"] = usage_document(prompt_tokens, completion_tokens)
+    if answer_details:
+        metadata.update(answer_details)  # type: ignore[typeddict-item]  # `upstream`, `context`
     metadata["timestamp_"] = "absolute"
     return {  # the order ChatGPT writes them in
-        "id": node_id or str(message.id),
-        "author": {"role": message.role, "metadata": {}},
-        "create_time": message.created_at.timestamp(),
-        "content": {"content_type": "text", "parts": [message.content]},
-        "status": message.status,
-        "end_turn": message.end_turn,
+        "id": node_id,
+        "author": {"role": role, "metadata": {}},
+        "create_time": create_time,
+        "content": {"content_type": "text", "parts": [content]},
+        "status": status,
+        "end_turn": end_turn,
         "weight": 1.0,
         "metadata": metadata,
         "recipient": "all",
@@ -127,32 +146,43 @@ def usage_document(prompt: int | None, completion: int | None) -> TokenUsage:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
 
 
-def conversation_document(conversation: Conversation, messages: Sequence[Message]) -> ConversationDocument:
-    """The whole tree for `msg/history`; `messages` in creation order, so children keep their order."""
+def conversation_document(
+    header: tuple[str, float, float, str | None], messages: Iterable[tuple[Any, ...]]
+) -> ConversationDocument:
+    """The whole tree for `msg/history`, from `ConversationRepository.tree_header` and `tree`
+    (ids as text, times as epoch seconds; messages in creation order, so children keep it)."""
+    title, create_time, update_time, current_node = header
     return {
-        "title": conversation.title,
-        "create_time": conversation.created_at.timestamp(),
-        "update_time": conversation.updated_at.timestamp(),
+        "title": title,
+        "create_time": create_time,
+        "update_time": update_time,
         "mapping": _mapping(messages),
         "moderation_results": [],
-        "current_node": str(conversation.current_node_id) if conversation.current_node_id else None,
+        "current_node": current_node,
     }
 
 
-def _mapping(messages: Sequence[Message]) -> dict[str, Node]:
-    """Nodes by id, each listing its parent and its children (in creation order)."""
-    keys = {m.id: str(m.id) for m in messages}
+def _mapping(messages: Iterable[tuple[Any, ...]]) -> dict[str, Node]:
+    """Nodes by id, each listing its parent and its children (in creation order).
+
+    Tuples unpacked by position: a thousand messages are a thousand times a dozen fields, and
+    reading a field of a SQLAlchemy row by name costs as much as building its part of the node."""
     mapping: dict[str, Node] = {}
-    for message in messages:
-        key = keys[message.id]
+    for (key, parent, role, content, status, end_turn, model, finish_details, create_time, prompt_tokens,
+         completion_tokens, original, answer_details) in messages:
         node: Node = {"id": key}  # type: ignore[typeddict-item]  # the other keys follow, in order
-        if message.role is not None:
-            node["message"] = message_document(message, key)
-        node["parent"] = keys.get(message.parent_id) if message.parent_id else None
+        if role is not None:  # the root has none
+            node["message"] = {**original, "id": key} if original is not None else _made_here(
+                key, role, content, status, end_turn, model, finish_details, create_time, prompt_tokens,
+                completion_tokens, answer_details,
+            )
+        node["parent"] = parent
         node["children"] = []
         mapping[key] = node
     for node in mapping.values():
-        parent = mapping.get(node["parent"]) if node["parent"] else None
-        if parent is not None:
+        parent = mapping.get(node["parent"]) if node["parent"] is not None else None  # type: ignore[arg-type]
+        if parent is None:
+            node["parent"] = None
+        else:
             parent["children"].append(node["id"])
     return mapping

@@ -41,22 +41,20 @@ class ConversationService:
         self, owner: str, *, offset: int = 0, limit: int = 20, after: uuid.UUID | None = None
     ) -> list[ConversationSummary]:
         """Newest activity first. `after` (the last id of the previous page) pages by keyset."""
-        with UnitOfWork(self._db) as uow:
-            cursor = None
-            if after is not None:
-                cursor = uow.conversations.owned(owner, after)
-                if cursor is None:
-                    raise ConversationNotFound(f"Conversation {after} (the 'after' cursor) does not exist.")
-            rows = uow.conversations.page(owner, limit=limit, offset=offset, after=cursor)
+        with UnitOfWork(self._db, reads_only=True) as uow:
+            rows = uow.conversations.page(owner, limit=limit, offset=offset, after=after)
+            if not rows and after is not None and uow.conversations.owned(owner, after) is None:
+                raise ConversationNotFound(f"Conversation {after} (the 'after' cursor) does not exist.")
         return [ConversationSummary(*row) for row in rows]
 
     def history(self, owner: str, conversation_id: uuid.UUID) -> ConversationDocument:
         """The conversation's whole tree in ChatGPT's shape."""
-        with UnitOfWork(self._db) as uow:
-            conversation = uow.conversations.owned(owner, conversation_id)
-            if conversation is None:
+        with UnitOfWork(self._db, reads_only=True) as uow:
+            header = uow.conversations.tree_header(owner, conversation_id)
+            if header is None:
                 raise _missing(conversation_id)
-            return conversation_document(conversation, uow.conversations.tree(conversation_id))
+            messages = uow.conversations.tree(conversation_id)
+        return conversation_document(header, messages)
 
     def rename(self, owner: str, conversation_id: uuid.UUID, title: str) -> None:
         upstream_id = self._upstream_id(owner, conversation_id)

@@ -41,11 +41,15 @@ class UnitOfWork:
     transaction (atomic alone, committed when it returns), sparing the BEGIN and COMMIT
     round trips; on SQLite nothing changes. (psycopg2's `autocommit` switch costs nothing;
     SQLAlchemy's AUTOCOMMIT isolation level would cost a call into libpq on every checkout.)
+
+    `reads_only`: the work only reads, and PostgreSQL runs it outside a transaction too. Each
+    statement sees the data committed when it began, as it would in a READ COMMITTED
+    transaction; only the BEGIN and ROLLBACK round trips go.
     """
 
-    def __init__(self, db: Database, *, one_statement: bool = False) -> None:
+    def __init__(self, db: Database, *, one_statement: bool = False, reads_only: bool = False) -> None:
         self._db = db
-        self._one_statement = one_statement and db.engine.dialect.name == "postgresql"
+        self._one_statement = (one_statement or reads_only) and db.engine.dialect.name == "postgresql"
         self._autocommitted: Any = None
 
     def __enter__(self) -> UnitOfWork:
