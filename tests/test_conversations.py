@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import random
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
+from werkzeug.test import TestResponse
 
-from api.schemas import MAX_OFFSET
+from api.schemas import MAX_OFFSET, ConversationListResponse, ConversationTreeResponse
 from services.unit_of_work import UnitOfWork
 from fakes.openai_upstream import FakeOpenAI, Reply
 from models.entities import Conversation, Message
@@ -82,6 +85,29 @@ def test_after_cursor_pages_by_keyset(client: FlaskClient) -> None:
 
 def test_after_unknown_conversation_is_a_404(client: FlaskClient) -> None:
     error_of(post(client, "conversation", {"after": str(uuid.uuid4())}), 404)
+
+
+def test_after_the_last_conversation_is_an_empty_page(client: FlaskClient) -> None:
+    """Not a 404: the cursor exists, there is just nothing past it."""
+    ask(client, "older")
+    ask(client, "newer")
+    newer, older = listing(client)
+    assert listing(client, after=newer["id"]) == [older]
+    assert listing(client, after=older["id"]) == []
+
+
+def standard_bytes(response: TestResponse) -> bytes:
+    """What Flask's own `jsonify` writes for the answer's JSON (the standard library, compact)."""
+    return (json.dumps(response.get_json(), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+
+
+def test_list_bytes_are_the_standard_librarys_and_the_models(client: FlaskClient) -> None:
+    for prompt in ("第一", "second"):
+        ask(client, prompt)
+    response = post(client, "conversation", {"limit": 20})
+    assert len(ok(response)) == 2
+    assert response.data == standard_bytes(response)
+    assert response.data == ConversationListResponse.model_validate_json(response.data).model_dump_json().encode() + b"\n"
 
 
 def test_list_ignores_unknown_keys(client: FlaskClient) -> None:
@@ -180,6 +206,91 @@ def test_history_of_a_deep_branching_conversation_stays_consistent(client: Flask
     check_tree(tree["mapping"])
     assert len(tree["mapping"]) == 2 + 2 * 8
     assert tree["current_node"] == parents[-1]
+
+
+def test_history_bytes_are_the_standard_librarys_and_the_models(
+    app: Flask, client: FlaskClient, fake_upstream: FakeOpenAI
+) -> None:
+    """The fast writer changes no byte: the answer is what the standard library writes for its
+    JSON, and what the declared model writes (answers with usage and details, branches,
+    text that JSON escapes)."""
+    fake_upstream.script(Reply(text="Sure: \"quoted\", 好的\n\ttab \u2028 \x7f"), Reply(text="Other"), Reply(text="Third"))
+    answer = ask(client, "怎么 \\ \x01")
+    conversation = answer["conversation_id"]
+    ask(client, "a branch", convo_id=conversation, parent_id=answer["parent_id"])
+    ask(client, "another branch", convo_id=conversation, parent_id=answer["parent_id"])
+    details = {"upstream": "second", "context": {"messages_left_out": 2, "summarized": False, "cut": True,
+                                                 "budget_tokens": 100}}
+    with UnitOfWork(app.services.database) as uow:
+        uow.session.execute(update(Message).where(Message.id == uuid.UUID(answer["parent_id"])).values(
+            answer_details=details))
+        uow.commit()
+    response = post(client, "msg/history", {"convo_id": conversation})
+    tree = ok(response)
+    assert tree["mapping"][answer["parent_id"]]["message"]["metadata"] == {
+        "model_slug": "gpt-test", "finish_details": {"type": "stop"},
+        "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}, **details, "timestamp_": "absolute",
+    }
+    assert response.data == standard_bytes(response)
+    assert response.data == ConversationTreeResponse.model_validate_json(response.data).model_dump_json().encode() + b"\n"
+
+
+def test_history_of_an_imported_message_is_the_standard_librarys(app: Flask, client: FlaskClient) -> None:
+    """An imported message is given as the export had it, its keys in its own order, and any
+    float written as Python writes it (`1e-05`, where pydantic_core would write `0.00001`)."""
+    conversation = ask(client, "x")["conversation_id"]
+    tree = history(client, conversation)
+    original = {"zeta": [1e-05, 2.5e-07, 1e-4, 1e22], "author": {"role": "tool", "name": "python"}, "id": "kept?",
+                "content": {"content_type": "code", "text": "print(1)"}}
+    imported = uuid.uuid4()
+    with UnitOfWork(app.services.database) as uow:
+        uow.conversations.add_message(
+            id=imported, conversation_id=uuid.UUID(conversation), parent_id=uuid.UUID(tree["current_node"]),
+            role="tool", content="print(1)", original=original, created_at=datetime.now(UTC),
+        )
+        uow.commit()
+    response = post(client, "msg/history", {"convo_id": conversation})
+    assert ok(response)["mapping"][str(imported)]["message"] == {**original, "id": str(imported)}
+    assert response.data == standard_bytes(response)
+    assert b'"zeta":[1e-05,2.5e-07,0.0001,1e+22]' in response.data
+
+
+def test_history_times_are_each_rows_own_to_the_bit(app: Flask, client: FlaskClient) -> None:
+    """On PostgreSQL the server writes the epoch seconds: they are the very floats that
+    `datetime.timestamp()` gives, for any microsecond (before 1970 and just after it too)."""
+    answer = ask(client, "x")
+    conversation_id = uuid.UUID(answer["conversation_id"])
+    tree = history(client, answer["conversation_id"])
+    rng = random.Random(16)
+    base = datetime(1960, 1, 1, tzinfo=UTC)
+    moments = [datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=n) for n in (1, 10, 99, 12345)]
+    moments += [base + timedelta(microseconds=rng.randrange(150 * 365 * 86_400 * 10**6)) for _ in range(300)]
+    with UnitOfWork(app.services.database) as uow:
+        uow.conversations.add_chain(
+            conversation_id, uuid.UUID(tree["current_node"]),
+            [(uuid.uuid4(), "user", f"m{n}") for n in range(len(moments))], created_at=moments[0],
+        )
+        added = uow.session.scalars(
+            select(Message.id).where(Message.conversation_id == conversation_id, Message.content.like("m%"))
+        ).all()
+        for message_id, moment in zip(added, moments, strict=True):
+            uow.session.execute(update(Message).where(Message.id == message_id).values(created_at=moment))
+        uow.session.execute(update(Conversation).where(Conversation.id == conversation_id).values(
+            created_at=moments[1], updated_at=moments[-1]))
+        uow.commit()
+    with UnitOfWork(app.services.database) as uow:
+        stored = {str(message.id): message.created_at for message in uow.session.scalars(
+            select(Message).where(Message.conversation_id == conversation_id))}
+        conversation = uow.session.get(Conversation, conversation_id)
+        assert conversation is not None
+        created, updated = conversation.created_at, conversation.updated_at
+    response = post(client, "msg/history", {"convo_id": answer["conversation_id"]})
+    tree = ok(response)
+    assert (tree["create_time"], tree["update_time"]) == (created.timestamp(), updated.timestamp())
+    shown = {key: node["message"]["create_time"] for key, node in tree["mapping"].items() if "message" in node}
+    assert shown == {key: moment.timestamp() for key, moment in stored.items() if key in shown}
+    assert len(shown) == len(stored) - 1  # all but the root
+    assert response.data == standard_bytes(response)
 
 
 @pytest.mark.parametrize(
