@@ -10,6 +10,7 @@ route's model.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from io import BytesIO
 from typing import IO, Any, cast
 
@@ -31,20 +32,25 @@ class JSONProvider(DefaultJSONProvider):
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
         return pydantic_core.from_json(s)
 
-    def plain_response(self, value: Any) -> Response:
+    def plain_response(self, value: Any, numbers: Iterable[float] | None = None) -> Response:
         """`response(value)`, the same bytes, for a value made only of JSON's own types (dicts
         with text keys, lists, text, numbers, booleans, None), as the payloads' TypedDicts are.
 
         `pydantic_core.to_json` writes such a value five times faster than the standard
         library (a 1,000-message history: 9 to 1.6 ms) and byte for byte as it does, except a
         float between 1e-9 and 1e-4 (`1e-5` for `1e-05`, `0.000012` for `1.2e-05`). Its output
-        is searched for anything that could be one (about 0.5 ms for 860 KB; text that looks
-        like one only costs the slow way), and then written the standard library's way. Any
-        other type (a `datetime`, which Flask writes as an HTTP date) must not reach here."""
+        is searched for anything that could be one (0.9 ms of a 1,000-message history's 9 in a
+        worker; text that looks like one only costs the slow way), and then written the
+        standard library's way. `numbers`, every float in `value` when the caller knows them,
+        are checked instead of the search. Any other type (a `datetime`, which Flask writes as
+        an HTTP date) must not reach here."""
         if self._app.debug and self.compact is None or self.compact is False:
             return self.response(value)
         body = pydantic_core.to_json(value, inf_nan_mode="constants")
-        if _SHORT_EXPONENT.search(body) is not None or _SMALL_DECIMAL.search(body) is not None:
+        if numbers is None:
+            if _SHORT_EXPONENT.search(body) is not None or _SMALL_DECIMAL.search(body) is not None:
+                return self.response(value)
+        elif any(1e-9 <= abs(number) < 1e-4 for number in numbers):
             return self.response(value)
         return self._app.response_class(body + b"\n", mimetype=self.mimetype)
 
@@ -57,9 +63,9 @@ an exponent (from 1e-5 to 1e-4). Two searches of a literal each: one pattern for
 that also checks what precedes, costs ten times as much."""
 
 
-def json_response(value: Any) -> Response:
+def json_response(value: Any, numbers: Iterable[float] | None = None) -> Response:
     """The app's `JSONProvider.plain_response`: `jsonify(value)` for a value of JSON's own types."""
-    return cast(JSONProvider, current_app.json).plain_response(value)
+    return cast(JSONProvider, current_app.json).plain_response(value, numbers)
 
 
 class JSONRequest(Request):

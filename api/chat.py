@@ -44,9 +44,10 @@ def server_timing(upstream_seconds: float) -> str:
     return f"upstream;dur={upstream_seconds * 1000:.1f}, total;dur={total * 1000:.1f}"
 
 
-def ok(payload: object) -> Response:
-    """The envelope of every success; payloads are TypedDicts of JSON's own types."""
-    return json_response({"response": payload})
+def ok(payload: object, numbers: list[float] | None = None) -> Response:
+    """The envelope of every success; payloads are TypedDicts of JSON's own types. `numbers`:
+    every float in `payload`, when the caller knows them (see `JSONProvider.plain_response`)."""
+    return json_response({"response": payload}, numbers)
 
 
 @bp.post("/ask", responses={200: AnswerResponse, **errors(404, 502, 504)})
@@ -93,7 +94,8 @@ def history(body: RequiredConversationRef) -> Response:
     Every branch. Answers carry `metadata.usage` (prompt, completion and total tokens).
     Imported messages are shown as the export had them.
     """
-    return ok(services().conversations.history(current_caller().owner, body.required_conversation))
+    tree = services().conversations.history(current_caller().owner, body.required_conversation)
+    return ok(tree.document, tree.numbers)
 
 
 @bp.post("/change/title", responses={200: EmptyResponse, **errors(404)})

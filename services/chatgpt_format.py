@@ -7,7 +7,7 @@ node ids of the imported file, node by node.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Annotated, Any
 
 from pydantic import ConfigDict, Field, with_config
@@ -148,22 +148,31 @@ def usage_document(prompt: int | None, completion: int | None) -> TokenUsage:
 
 def conversation_document(
     header: tuple[str, float, float, str | None], messages: Iterable[tuple[Any, ...]]
-) -> ConversationDocument:
+) -> tuple[ConversationDocument, list[float] | None]:
     """The whole tree for `msg/history`, from `ConversationRepository.tree_header` and `tree`
-    (ids as text, times as epoch seconds; messages in creation order, so children keep it)."""
+    (ids as text, times as epoch seconds; messages in creation order, so children keep it).
+
+    With it, every float it holds, or None when some message is kept as given (an import's, a
+    client's), with numbers of its own: knowing them, the answer's writer need not search its
+    output for a float it would write unlike the standard library (`api.bodies`)."""
     title, create_time, update_time, current_node = header
-    return {
+    mapping, numbers = _mapping(messages, [create_time, update_time, 1.0])  # 1.0: a message's weight
+    document: ConversationDocument = {
         "title": title,
         "create_time": create_time,
         "update_time": update_time,
-        "mapping": _mapping(messages),
+        "mapping": mapping,
         "moderation_results": [],
         "current_node": current_node,
     }
+    return document, numbers
 
 
-def _mapping(messages: Iterable[tuple[Any, ...]]) -> dict[str, Node]:
-    """Nodes by id, each listing its parent and its children (in creation order).
+def _mapping(
+    messages: Iterable[tuple[Any, ...]], numbers: list[float] | None
+) -> tuple[dict[str, Node], list[float] | None]:
+    """Nodes by id, each listing its parent and its children (in creation order); and `numbers`
+    with the floats of the messages made here added (None once a message is kept as given).
 
     Tuples unpacked by position: a thousand messages are a thousand times a dozen fields, and
     reading a field of a SQLAlchemy row by name costs as much as building its part of the node."""
@@ -171,11 +180,20 @@ def _mapping(messages: Iterable[tuple[Any, ...]]) -> dict[str, Node]:
     for (key, parent, role, content, status, end_turn, model, finish_details, create_time, prompt_tokens,
          completion_tokens, original, answer_details) in messages:
         node: Node = {"id": key}  # type: ignore[typeddict-item]  # the other keys follow, in order
-        if role is not None:  # the root has none
-            node["message"] = {**original, "id": key} if original is not None else _made_here(
+        if role is None:  # the root
+            pass
+        elif original is not None:
+            node["message"] = {**original, "id": key}
+            numbers = None
+        else:
+            node["message"] = _made_here(
                 key, role, content, status, end_turn, model, finish_details, create_time, prompt_tokens,
                 completion_tokens, answer_details,
             )
+            if numbers is not None:
+                numbers.append(create_time)
+                if answer_details:
+                    numbers.extend(_floats_in(answer_details))
         node["parent"] = parent
         node["children"] = []
         mapping[key] = node
@@ -185,4 +203,16 @@ def _mapping(messages: Iterable[tuple[Any, ...]]) -> dict[str, Node]:
             node["parent"] = None
         else:
             parent["children"].append(node["id"])
-    return mapping
+    return mapping, numbers
+
+
+def _floats_in(value: Any) -> Iterator[float]:
+    """The floats anywhere in a value made of JSON's types."""
+    if isinstance(value, float):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _floats_in(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _floats_in(item)

@@ -21,6 +21,15 @@ from services.unit_of_work import UnitOfWork
 
 
 @dataclass(frozen=True)
+class History:
+    """A conversation's tree (`msg/history`), and every float in it (None: not known, some
+    messages being kept as given)."""
+
+    document: ConversationDocument
+    numbers: list[float] | None
+
+
+@dataclass(frozen=True)
 class ConversationSummary:
     id: uuid.UUID
     title: str
@@ -47,14 +56,14 @@ class ConversationService:
                 raise ConversationNotFound(f"Conversation {after} (the 'after' cursor) does not exist.")
         return [ConversationSummary(*row) for row in rows]
 
-    def history(self, owner: str, conversation_id: uuid.UUID) -> ConversationDocument:
+    def history(self, owner: str, conversation_id: uuid.UUID) -> History:
         """The conversation's whole tree in ChatGPT's shape."""
         with UnitOfWork(self._db, reads_only=True) as uow:
             header = uow.conversations.tree_header(owner, conversation_id)
             if header is None:
                 raise _missing(conversation_id)
             messages = uow.conversations.tree(conversation_id)
-        return conversation_document(header, messages)
+        return History(*conversation_document(header, messages))
 
     def rename(self, owner: str, conversation_id: uuid.UUID, title: str) -> None:
         upstream_id = self._upstream_id(owner, conversation_id)

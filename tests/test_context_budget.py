@@ -227,7 +227,7 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float:
 
 
 def answer_metadata(db: Database, conversation_id: uuid.UUID, message_id: uuid.UUID) -> dict[str, Any]:
-    mapping = ConversationService(db, None).history("", conversation_id)["mapping"]
+    mapping = ConversationService(db, None).history("", conversation_id).document["mapping"]
     return dict(mapping[str(message_id)]["message"]["metadata"])
 
 

@@ -235,6 +235,21 @@ def test_history_bytes_are_the_standard_librarys_and_the_models(
     assert response.data == ConversationTreeResponse.model_validate_json(response.data).model_dump_json().encode() + b"\n"
 
 
+def test_history_with_a_small_float_in_an_answers_details_is_the_standard_librarys(
+    app: Flask, client: FlaskClient
+) -> None:
+    """Floats of an answer's details count among the tree's numbers (here one pydantic_core
+    would write as `1e-6`)."""
+    answer = ask(client, "x")
+    with UnitOfWork(app.services.database) as uow:
+        uow.session.execute(update(Message).where(Message.id == uuid.UUID(answer["parent_id"])).values(
+            answer_details={"upstream": "first", "seconds": [1e-06]}))
+        uow.commit()
+    response = post(client, "msg/history", {"convo_id": answer["conversation_id"]})
+    assert b'"seconds":[1e-06]' in response.data
+    assert response.data == standard_bytes(response)
+
+
 def test_history_of_an_imported_message_is_the_standard_librarys(app: Flask, client: FlaskClient) -> None:
     """An imported message is given as the export had it, its keys in its own order, and any
     float written as Python writes it (`1e-05`, where pydantic_core would write `0.00001`)."""

@@ -62,6 +62,14 @@ def test_small_floats_are_found_in_the_fast_output() -> None:
         assert provider().plain_response({"x": [number]}).data == provider().response({"x": [number]}).data
 
 
+@pytest.mark.parametrize("number", [1e-5, 1e-9, 9.999999999999999e-05, 1e-4, 9.999999999999999e-10, 1.0])
+def test_numbers_named_by_the_caller_are_checked_instead_of_searched(number: float) -> None:
+    json = provider()
+    value = {"create_time": number, "text": "looks like 1e-5, or 0.00001"}
+    assert json.plain_response(value, numbers=[number]).data == json.response(value).data
+    assert json.plain_response(value).data == json.response(value).data
+
+
 def test_debug_mode_indents_as_flask_does() -> None:
     json = provider(debug=True)
     value = {"response": {"title": "标题", "mapping": {"a": [1.0, None, True]}}}

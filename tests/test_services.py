@@ -85,7 +85,7 @@ def test_a_branch_is_a_sibling_and_becomes_the_current_node(
     first = asking.ask("", Question("One"))
     second = asking.ask("", Question("Two", conversation_id=first.conversation_id))
     branch = asking.ask("", Question("Two again", conversation_id=first.conversation_id, parent_id=first.message_id))
-    tree = conversations.history("", first.conversation_id)
+    tree = conversations.history("", first.conversation_id).document
     siblings = tree["mapping"][str(first.message_id)]["children"]
     assert len(siblings) == 2 and tree["current_node"] == str(branch.message_id)
     assert str(second.message_id) in tree["mapping"]
@@ -110,7 +110,7 @@ def test_another_owners_conversation_is_not_found(asking: AskService, conversati
         with pytest.raises(ConversationNotFound):
             action()
     conversations.clear("bob")
-    assert conversations.history("alice", mine.conversation_id)["title"] == "New chat"
+    assert conversations.history("alice", mine.conversation_id).document["title"] == "New chat"
 
 
 def test_closing_a_stream_early_keeps_the_text_so_far_marked_interrupted(
@@ -229,7 +229,7 @@ def test_titles_are_written_in_the_background_unless_renamed_first(
     asking = AskService(db, provider, metrics=Metrics(), titles=titles)
     try:
         named = asking.ask("", Question("Penguins"))
-        wait_until(lambda: conversations.history("", named.conversation_id)["title"] == "About Penguins")
+        wait_until(lambda: conversations.history("", named.conversation_id).document["title"] == "About Penguins")
     finally:
         titles.close()
 
@@ -247,7 +247,7 @@ class SlowTitles(ScriptedProvider):
 
 
 def titled(conversations: ConversationService, answers: list[Answer]) -> list[str]:
-    return [conversations.history("", a.conversation_id)["title"] for a in answers]
+    return [conversations.history("", a.conversation_id).document["title"] for a in answers]
 
 
 def test_titles_that_cannot_keep_up_are_dropped_counted_and_never_late(
