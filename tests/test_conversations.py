@@ -291,7 +291,7 @@ def test_history_times_are_each_rows_own_to_the_bit(app: Flask, client: FlaskCli
         for message_id, moment in zip(added, moments, strict=True):
             uow.session.execute(update(Message).where(Message.id == message_id).values(created_at=moment))
         uow.session.execute(update(Conversation).where(Conversation.id == conversation_id).values(
-            created_at=moments[1], updated_at=moments[-1]))
+            created_at=moments[-2], updated_at=moments[-1]))
         uow.commit()
     with UnitOfWork(app.services.database) as uow:
         stored = {str(message.id): message.created_at for message in uow.session.scalars(
@@ -305,6 +305,21 @@ def test_history_times_are_each_rows_own_to_the_bit(app: Flask, client: FlaskCli
     shown = {key: node["message"]["create_time"] for key, node in tree["mapping"].items() if "message" in node}
     assert shown == {key: moment.timestamp() for key, moment in stored.items() if key in shown}
     assert len(shown) == len(stored) - 1  # all but the root
+    assert response.data == standard_bytes(response)
+
+
+def test_history_of_a_conversation_made_just_after_1970_is_the_standard_librarys(
+    app: Flask, client: FlaskClient
+) -> None:
+    """Its times are floats the two writers write differently (`1e-05`)."""
+    answer = ask(client, "x")
+    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=10)
+    with UnitOfWork(app.services.database) as uow:
+        uow.session.execute(update(Conversation).where(Conversation.id == uuid.UUID(answer["conversation_id"]))
+                            .values(created_at=moment))
+        uow.commit()
+    response = post(client, "msg/history", {"convo_id": answer["conversation_id"]})
+    assert b'"create_time":1e-05,' in response.data
     assert response.data == standard_bytes(response)
 
 
