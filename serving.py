@@ -21,6 +21,15 @@ from services.metrics import mark_process_dead
 
 log = logging.getLogger("gpt_api")
 
+YOUNG_GENERATION_THRESHOLD = 10_000
+"""Objects the youngest generation holds before the garbage collector passes over it (Python:
+700). A 1,000-message history builds some 10,000 containers that all live until its answer is
+written: at 700, a dozen passes ran in the middle of each and pushed the whole tree into the
+older generations, whose passes cost a full collection every few requests (1.2 ms of CPU per
+request in all); at 10,000 a request's objects are mostly gone before any pass. CPU per
+request, measured side by side in gunicorn workers: a history 9.6 -> 8.0 ms, a non-streamed
+ask 3.6 -> 3.1 ms, a list page and /healthz unchanged."""
+
 
 def drain(app: GptApi, settle: float = 0.0) -> None:
     """End the streams this process still has open with an `event: error` (each waiting up to
@@ -40,6 +49,7 @@ def drain(app: GptApi, settle: float = 0.0) -> None:
 def serve(app: GptApi, settings: Settings, database: Database) -> None:
     """Serve `app` on HOST:PORT until stopped; `database` is the one `app` uses."""
     log.info("serving on http://%s:%s", settings.host, settings.port)
+    gc.set_threshold(YOUNG_GENERATION_THRESHOLD, *gc.get_threshold()[1:])
     # The tokenizer (every ask counts tokens for its context budget) is loaded once here,
     # before gunicorn forks, rather than by each worker's first ask (about 0.25 s).
     tokens.load()
