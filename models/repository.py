@@ -151,6 +151,7 @@ def _as_shown(column: Any, postgresql: bool) -> Any:
 
 @functools.cache
 def _tree_header_query(postgresql: bool) -> Select[Any]:
+    """The owner's conversation, what its tree shows of it."""
     columns = ("title", "created_at", "updated_at", "current_node_id")
     return select(*(_as_shown(_CONVERSATIONS.c[name], postgresql) for name in columns)).where(
         _CONVERSATIONS.c.id == bindparam("conversation_id"), _CONVERSATIONS.c.owner == bindparam("owner")
@@ -324,8 +325,8 @@ class ConversationRepository:
         seconds (see `_as_shown`).
 
         Sorted here, not by the database: PostgreSQL scans a conversation's thousand messages
-        by a bitmap of the index and then sorts them, 0.9 of its 2.5 ms; a stable sort of rows
-        that mostly come in order takes Python 0.3 ms."""
+        by a bitmap of the index and then sorts them, 0.9 of its 1.8 ms; a stable sort of rows
+        that mostly come in order takes Python 0.08 ms."""
         rows: list[Sequence[Any]] = list(
             self.session.execute(_tree_query(self._postgresql), {"conversation_id": conversation_id}).all()
         )

@@ -180,12 +180,10 @@ def _mapping(
     for (key, parent, role, content, status, end_turn, model, finish_details, create_time, prompt_tokens,
          completion_tokens, original, answer_details) in messages:
         node: Node = {"id": key}  # type: ignore[typeddict-item]  # the other keys follow, in order
-        if role is None:  # the root
-            pass
-        elif original is not None:
+        if role is not None and original is not None:  # (the root has no role, and no message)
             node["message"] = {**original, "id": key}
             numbers = None
-        else:
+        elif role is not None:
             node["message"] = _made_here(
                 key, role, content, status, end_turn, model, finish_details, create_time, prompt_tokens,
                 completion_tokens, answer_details,

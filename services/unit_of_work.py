@@ -49,13 +49,13 @@ class UnitOfWork:
 
     def __init__(self, db: Database, *, one_statement: bool = False, reads_only: bool = False) -> None:
         self._db = db
-        self._one_statement = (one_statement or reads_only) and db.engine.dialect.name == "postgresql"
+        self._autocommit = (one_statement or reads_only) and db.engine.dialect.name == "postgresql"
         self._autocommitted: Any = None
 
     def __enter__(self) -> UnitOfWork:
         self.session = self._db.sessions()
         self.conversations = ConversationRepository(self.session)
-        if self._one_statement:
+        if self._autocommit:
             try:
                 self._autocommitted = self.session.connection().connection.dbapi_connection
             except SQLAlchemyError as error:
