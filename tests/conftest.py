@@ -102,6 +102,30 @@ def database_url(request: pytest.FixtureRequest, cleaners: dict[str, Engine]) ->
     return emptied(request.getfixturevalue(f"{request.param}_url"), cleaners)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def own_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database of each kind for this test alone, for the server it starts to migrate.
+
+    For tests that watch what one server process does to the rows: the run's databases are
+    also written by the background work of other tests' apps in this process (a sweep of
+    answers whose lease ran out, made by an app a test left running)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'own.sqlite3'}"
+        return
+    request.getfixturevalue("postgresql_url")  # reachable (else skipped, or failed under CI)
+    admin_url = make_url(POSTGRES_URL)
+    name = f"gpt_api_own_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
 @pytest.fixture
 def empty_postgresql_url(postgresql_url: str, cleaners: dict[str, Engine]) -> str:
     """The run's PostgreSQL database alone, its tables emptied before the test."""

@@ -105,8 +105,9 @@ def test_sigterm_ends_a_chat_completion_stream_too_and_keeps_it(database_url: st
 
 
 def test_an_answer_cut_by_a_killed_worker_keeps_its_streamed_text_and_is_marked_interrupted(
-    database_url: str, fake_upstream: FakeOpenAI
+    own_database_url: str, fake_upstream: FakeOpenAI
 ) -> None:
+    database_url = own_database_url  # the new worker's sweep must be the only one
     fake_upstream.script(Reply(text=FULL, chunks=PIECES, chunk_delay=0.1))
     server = ServerProcess(server_env(database_url, fake_upstream, ANSWER_LEASE_SECONDS="1")).start()
     try:
