@@ -39,8 +39,7 @@ def chatgpt_app(database_url: str, backend: FakeChatGPTBackend, **overrides: obj
 def app(database_url: str, backend: FakeChatGPTBackend) -> Iterator[Flask]:
     app = chatgpt_app(database_url, backend)
     yield app
-    app.services.titles.close()
-    app.services.database.dispose()
+    app.services.close()  # its background work too (answer leases, titles)
 
 
 def upstream_id(app: Flask, conversation_id: str) -> str | None:
@@ -186,8 +185,7 @@ def test_title_is_generated_upstream(database_url: str, backend: FakeChatGPTBack
     conversation = ask(client, "Hello")["conversation_id"]
     wait_until(lambda: history(client, conversation)["title"] == "Greeting")
     assert any("gen_title" in path for path in backend.paths())
-    app.services.titles.close()
-    app.services.database.dispose()
+    app.services.close()  # its background work too (answer leases, titles)
 
 
 def test_missing_token_is_a_503_naming_it(database_url: str, backend: FakeChatGPTBackend) -> None:

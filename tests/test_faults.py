@@ -46,8 +46,7 @@ def proxied_url(empty_postgresql_url: str, proxy: TcpProxy) -> str:
 def proxied_app(proxied_url: str, fake_upstream: FakeOpenAI) -> Iterator[Flask]:
     app = create_app(make_settings(proxied_url, fake_upstream.url, db_timeout=DB_TIMEOUT))
     yield app
-    app.services.titles.close()
-    app.services.database.dispose()
+    app.services.close()  # its background work too (answer leases, titles)
 
 
 def timed(request: Any) -> tuple[Any, float]:

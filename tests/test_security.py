@@ -384,5 +384,4 @@ def test_with_keys_clear_deletes_only_the_callers_chatgpt_conversations_upstream
             assert ok(call(client, "msg/history", {"convo_id": kept["id"]}, alice))["title"]
             assert ok(call(client, "conversation", {}, bob)) == []
         finally:
-            app.services.titles.close()
-            app.services.database.dispose()
+            app.services.close()  # its background work too (answer leases, titles)
