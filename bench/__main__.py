@@ -15,7 +15,6 @@ import asyncio
 import os
 import re
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ from bench.context import measure as measure_budget
 from bench.loadgen import LoadResult, Wrk, ensure_wrk
 from bench.processes import Child, start_fake_upstream, start_service, wait_quiet
 from bench.report import Row, Section, Target, beside, render, summary
-from bench.runs import REPEATS, Runs, interleaved, p50, p99
+from bench.runs import REPEATS, Runs, interleaved, median, p50, p99
 from bench.search import search_sections
 from bench.seed import create_database, drop_database, list_cursor, seed, titled
 from bench.streams import StreamRun, run_streams
@@ -247,18 +246,18 @@ class Bench:
             log(f"{run.path_tokens:,} tokens; cold {run.cold_ms:.1f} ms, whole p50 {run.fits_p50_ms:.2f} ms, "
                 f"truncated p50 {run.truncated_p50_ms:.2f} ms ({run.left_out} left out)")
 
-        def median(field: str) -> float:
-            return statistics.median(getattr(run, field) for run in runs)
+        def median_of(field: str) -> float:
+            return median(getattr(run, field) for run in runs)
 
         first = runs[0]
         return Section(f"context budget ({messages:,}-message path of {first.path_tokens:,} tokens, in process, "
                        f"counts cached; median of {REPEATS} runs; target on p50)", [
-            Row("path fits the window (gpt-4.1), p50", median("fits_p50_ms"), "ms", target=Target(2)),
-            Row("path fits the window (gpt-4.1), p99", median("fits_p99_ms"), "ms"),
-            Row("path over the window (gpt-4, 8,192), p50", median("truncated_p50_ms"), "ms", target=Target(2),
+            Row("path fits the window (gpt-4.1), p50", median_of("fits_p50_ms"), "ms", target=Target(2)),
+            Row("path fits the window (gpt-4.1), p99", median_of("fits_p99_ms"), "ms"),
+            Row("path over the window (gpt-4, 8,192), p50", median_of("truncated_p50_ms"), "ms", target=Target(2),
                 note=f"({first.left_out} messages left out)"),
-            Row("path over the window (gpt-4, 8,192), p99", median("truncated_p99_ms"), "ms"),
-            Row("first fit, every message tokenized", median("cold_ms"), "ms"),
+            Row("path over the window (gpt-4, 8,192), p99", median_of("truncated_p99_ms"), "ms"),
+            Row("first fit, every message tokenized", median_of("cold_ms"), "ms"),
         ])
 
     def search_phase(self) -> list[Section]:

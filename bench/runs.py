@@ -12,6 +12,7 @@ import math
 import statistics
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from operator import attrgetter
 
 from bench.loadgen import LoadResult
 
@@ -28,20 +29,10 @@ def median(values: Iterable[float]) -> float:
     return statistics.median(values)
 
 
-def p50(result: LoadResult) -> float:
-    return result.p50_ms
-
-
-def p99(result: LoadResult) -> float:
-    return result.p99_ms
-
-
-def per_second(result: LoadResult) -> float:
-    return result.per_second
-
-
-def cpu_ms(result: LoadResult) -> float:
-    return result.server_cpu_ms
+p50: Figure = attrgetter("p50_ms")
+p99: Figure = attrgetter("p99_ms")
+per_second: Figure = attrgetter("per_second")
+cpu_ms: Figure = attrgetter("server_cpu_ms")
 
 
 @dataclass(frozen=True)

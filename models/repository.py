@@ -134,13 +134,13 @@ def _place_answer(moved: tuple[str, ...], answer: tuple[str, ...], new: bool) ->
     return text(touch + write).bindparams(*types)
 
 
-def _as_shown(column: Any, postgresql: bool) -> Any:
+def _as_shown(column: Any, on_postgresql: bool) -> Any:
     """On PostgreSQL an id column as text and a time as epoch seconds, written by the server: a
     thousand-message tree would otherwise make thousands of `uuid.UUID` and `datetime` objects
     only to print them again. (Its epoch seconds are the float `datetime.timestamp()` gives:
     both divide the exact microseconds by a million, rounding once. `date_part` computes them
     in floating point; `EXTRACT` would go through `numeric`, several times slower.)"""
-    if not postgresql:
+    if not on_postgresql:
         return column
     if isinstance(column.type, Uuid):
         return cast(column, Text).label(column.name)
@@ -150,18 +150,18 @@ def _as_shown(column: Any, postgresql: bool) -> Any:
 
 
 @functools.cache
-def _tree_header_query(postgresql: bool) -> Select[Any]:
+def _tree_header_query(on_postgresql: bool) -> Select[Any]:
     """The owner's conversation, what its tree shows of it."""
     columns = ("title", "created_at", "updated_at", "current_node_id")
-    return select(*(_as_shown(_CONVERSATIONS.c[name], postgresql) for name in columns)).where(
+    return select(*(_as_shown(_CONVERSATIONS.c[name], on_postgresql) for name in columns)).where(
         _CONVERSATIONS.c.id == bindparam("conversation_id"), _CONVERSATIONS.c.owner == bindparam("owner")
     )
 
 
 @functools.cache
-def _tree_query(postgresql: bool) -> Select[Any]:
+def _tree_query(on_postgresql: bool) -> Select[Any]:
     """A conversation's messages in no order: `ConversationRepository.tree` sorts them."""
-    return select(*(_as_shown(_MESSAGES.c[name], postgresql) for name in TREE_FIELDS)).where(
+    return select(*(_as_shown(_MESSAGES.c[name], on_postgresql) for name in TREE_FIELDS)).where(
         _MESSAGES.c.conversation_id == bindparam("conversation_id")
     )
 

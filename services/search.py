@@ -121,12 +121,11 @@ class SearchService:
                     raise ConversationNotFound(f"Conversation {request.conversation_id} does not exist.")
             start = (after.tier, after.key) if after else None
             filters = Filters(owner, start, request.conversation_id, request.role)
-            if after and after.fragments and fragments:
+            if after and after.fragments and fragments:  # the pages before found fragments
+                query = fragments
+            found = find(uow.session, query, filters, request.limit)
+            if not found and after is None and fragments:
                 query, found = fragments, find(uow.session, fragments, filters, request.limit)
-            else:
-                found = find(uow.session, query, filters, request.limit)
-                if not found and after is None and fragments:
-                    query, found = fragments, find(uow.session, fragments, filters, request.limit)
         return [_hit(hit, query) for hit in found]
 
     def conversations(
@@ -141,14 +140,12 @@ class SearchService:
         with UnitOfWork(self._db) as uow:
             self._check_language(uow.session)
             fragments = query.fragments()
-            if after is None:
-                found = self._best_hits(uow.session, query, owner, None, limit + 1)
-                if not found and fragments:
-                    query, found = fragments, self._best_hits(uow.session, fragments, owner, None, limit + 1)
-            else:  # the pages before found fragments if `after` is not among the words' hits
-                if fragments and self._best(uow.session, query, owner, after) is None:
-                    query = fragments
-                found = self._best_hits(uow.session, query, owner, after, limit + 1)
+            # The pages before found fragments if `after` is not among the words' hits.
+            if after is not None and fragments and self._best(uow.session, query, owner, after) is None:
+                query = fragments
+            found = self._best_hits(uow.session, query, owner, after, limit + 1)
+            if not found and after is None and fragments:
+                query, found = fragments, self._best_hits(uow.session, fragments, owner, None, limit + 1)
             page = found[:limit]
             conversations = uow.conversations.owned_many(owner, [hit.conversation_id for hit in page])
             views = {conversation.id: view_of(conversation) for conversation in conversations}
