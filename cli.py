@@ -21,7 +21,7 @@ from app import create_app
 from config import Settings
 from log_config import configure_logging
 from models.db import Database
-from models.search import reindex
+from models.search_indexing import reindex
 from services.api_keys import ApiKeys
 from services.errors import ServiceError
 from services.metrics import prepare_multiprocess

@@ -105,6 +105,7 @@ def serve_with_gunicorn(app: GptApi, settings: Settings, database: Database) -> 
 
     def post_worker_init(worker: Any) -> None:
         app.services.asking.leases.start()
+        app.services.search_index.start()
         stop = worker.handle_exit
 
         def handle_sigterm(sig: int, frame: FrameType | None) -> None:
@@ -164,4 +165,5 @@ def serve_with_waitress(app: GptApi, settings: Settings) -> None:
 
     threads = min(settings.worker_connections, 1000)
     app.services.asking.leases.start()
+    app.services.search_index.start()
     waitress.serve(app, host=settings.host, port=settings.port, threads=threads)

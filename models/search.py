@@ -1,11 +1,12 @@
 """Search queries on the indexes of migrations 0005 and 0011.
 
-PostgreSQL: `messages.search_vector` and `conversations.search_vector`, tsvectors kept by
-triggers (`search_document()`, configuration `search_language()`), with GIN indexes; and
-pg_trgm GIN indexes on the texts themselves, which find fragments (`Term.fragment`).
-SQLite: FTS5 external-content tables kept by triggers: `*_words` (unicode61: words and
-prefixes) and `*_grams` (trigram: texts with characters of `UNSEGMENTED` scripts only);
-fragments are found by reading the texts, newest first.
+PostgreSQL: `messages.search_vector` and `conversations.search_vector`, tsvectors
+(`search_document()`, configuration `search_language()`), with GIN indexes; and pg_trgm
+GIN indexes on the texts themselves, which find fragments (`Term.fragment`). SQLite: FTS5
+external-content tables: `*_words` (unicode61: words and prefixes) and `*_grams` (trigram:
+texts with characters of `UNSEGMENTED` scripts only); fragments are found by reading the
+texts, newest first. Titles are indexed by triggers; messages after they are written
+(migration 0012, `models/search_indexing.py`), and the caller's before each search.
 
 Everything the user typed reaches the database as bound parameters: PostgreSQL reads it
 with phraseto_tsquery (plain text, no operators), FTS5 gets it as quoted strings.
@@ -45,8 +46,6 @@ costs a few ms where it is used, and 100 ms or more elsewhere (bench/README.md).
 SHORT_TERM_GRAMS = 200
 """SQLite: a one- or two-character term is looked up as the trigrams it starts (at most this
 many different ones); beyond that it is matched by reading the texts."""
-BATCH = 5_000
-"""Rows per transaction when (re)indexing existing rows."""
 UNSEGMENTED_GLOB = "*[" + "".join(f"{chr(low)}-{chr(high)}" for low, high in UNSEGMENTED) + "]*"
 """A text with a character of an unsegmented script (the texts in the trigram indexes)."""
 ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
@@ -107,7 +106,7 @@ def find(session: Session, query: Query, filters: Filters, limit: int) -> list[H
         rows = []
         for search in searches:
             if len(rows) < limit:
-                rows += search.sqlite(limit - len(rows), _sqlite_capabilities(session))
+                rows += search.sqlite(limit - len(rows), sqlite_capabilities(session))
     return [Hit(*row) for row in rows]
 
 
@@ -153,7 +152,7 @@ MESSAGES_SOURCE = _Source(
     grams="message_grams",
     order_index="ix_messages_search_order",
     scope=f"m.role IN {DIALOGUE}",
-    kind=f"m.role IN {DIALOGUE}",
+    kind=f"m.role IN {DIALOGUE} AND m.search_vector IS NOT NULL",  # the trigram index's rows (0012)
     walked="{row}.id, {row}.conversation_id, {row}.role, {row}.created_at, {row}.search_vector, {row}.content",
     keys="{row}.id, {row}.conversation_id, {row}.role, {row}.created_at",
     columns=(
@@ -611,7 +610,7 @@ def _fts_phrase(term: Term) -> str:
 _CAPABILITIES: weakref.WeakKeyDictionary[Engine, frozenset[str]] = weakref.WeakKeyDictionary()
 
 
-def _sqlite_capabilities(session: Session) -> frozenset[str]:
+def sqlite_capabilities(session: Session) -> frozenset[str]:
     """The FTS tables this SQLite database has (none without FTS5, no trigram ones before
     SQLite 3.34); what has no index is matched by reading the texts."""
     engine = session.get_bind().engine
@@ -634,77 +633,6 @@ def indexed_language(session: Session) -> str:
     return "english" if definition and "porter" in definition else "simple"
 
 
-def sqlite_tokenizer(language: str) -> str:
-    """FTS5's tokenizer for a language: it stems only English (porter)."""
-    return "porter unicode61 remove_diacritics 0" if language == "english" else "unicode61 remove_diacritics 0"
-
-
-def reindex(engine: Engine, language: str) -> None:
-    """Index every message and title again with `language`, a batch per transaction, while
-    the service keeps running (the triggers index new and changed rows meanwhile)."""
-    if engine.dialect.name == "postgresql":
-        _reindex_postgresql(engine, language)
-    else:
-        _reindex_sqlite(engine, language)
+def forget_capabilities(engine: Engine) -> None:
+    """After the FTS tables changed (a reindex), look again."""
     _CAPABILITIES.pop(engine, None)
-
-
-def _reindex_postgresql(engine: Engine, language: str) -> None:
-    with engine.begin() as connection:
-        known = connection.execute(text("SELECT 1 FROM pg_ts_config WHERE cfgname = :name"), {"name": language})
-        if known.first() is None:
-            names = connection.execute(text("SELECT cfgname FROM pg_ts_config ORDER BY 1")).scalars().all()
-            raise ValueError(f"PostgreSQL has no text search configuration {language!r}; it has: {', '.join(names)}")
-        connection.execute(
-            text(
-                "CREATE OR REPLACE FUNCTION search_language() RETURNS regconfig"
-                f" LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT '{language}'::regconfig $$"
-            )
-        )
-    for table, column, scope in (("messages", "content", f"role IN {DIALOGUE}"), ("conversations", "title", "true")):
-        last = None
-        while True:
-            with engine.begin() as connection:
-                after = "" if last is None else "WHERE id > :last"
-                bound = connection.execute(
-                    text(f"SELECT id FROM (SELECT id FROM {table} {after} ORDER BY id LIMIT :batch) AS b ORDER BY id DESC LIMIT 1"),
-                    {"last": last, "batch": BATCH},
-                ).scalar_one_or_none()
-                if bound is None:
-                    break
-                connection.execute(
-                    text(
-                        f"UPDATE {table} SET search_vector = search_document({column})"
-                        f" WHERE {scope} AND id <= :bound {'' if last is None else 'AND id > :last'}"
-                    ),
-                    {"bound": bound, "last": last},
-                )
-            last = bound
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        connection.execute(text("ANALYZE messages"))
-        connection.execute(text("ANALYZE conversations"))
-
-
-def _reindex_sqlite(engine: Engine, language: str) -> None:
-    for table, column, words, scope in (
-        ("messages", "content", "message_words", f"role IN {DIALOGUE}"),
-        ("conversations", "title", "conversation_words", "1 = 1"),
-    ):
-        with engine.begin() as connection:  # the triggers find a table at every moment
-            connection.execute(text(f"DROP TABLE IF EXISTS {words}"))
-            connection.execute(
-                text(
-                    f"CREATE VIRTUAL TABLE {words} USING fts5({column}, content='{table}',"
-                    f" content_rowid='rowid', tokenize='{sqlite_tokenizer(language)}')"
-                )
-            )
-            last = connection.execute(text(f"SELECT coalesce(max(rowid), 0) FROM {table}")).scalar_one()
-        for low in range(0, last, BATCH):
-            with engine.begin() as connection:
-                connection.execute(
-                    text(
-                        f"INSERT INTO {words}(rowid, {column}) SELECT rowid, {column} FROM {table}"
-                        f" WHERE rowid > :low AND rowid <= :high AND {scope}"
-                    ),
-                    {"low": low, "high": low + BATCH},
-                )

@@ -22,6 +22,7 @@ from services.model_catalog import ModelCatalog
 from services.providers import build_provider
 from services.responses import ResponseService
 from services.search import SearchService
+from services.search_index import SearchIndexer
 from services.shared_counts import new_counts_file
 from services.stream_slots import StreamSlots, build_slots
 from services.titles import TitleWriter
@@ -46,10 +47,12 @@ class Services:
     responses: ResponseService
     items: ConversationItems
     search: SearchService
+    search_index: SearchIndexer
 
     def close(self) -> None:
         """Let background work finish, then close the database's connections."""
         self.asking.leases.stop()
+        self.search_index.stop()
         self.titles.close()
         self.database.dispose()
 
@@ -84,6 +87,7 @@ def build_services(settings: Settings) -> Services:
         context=context,
     )
     conversations = ConversationService(database, provider)
+    search_index = SearchIndexer(database)
     limited = settings.rate_limit or settings.max_streams_per_key
     limit_counts = new_counts_file() if limited and not settings.redis_url else None
     return Services(
@@ -112,6 +116,7 @@ def build_services(settings: Settings) -> Services:
         responses=ResponseService(
             database, asking, conversations, one_message_upstream=settings.llm_provider == "chatgpt"
         ),
-        search=SearchService(database, settings.search_language),
+        search=SearchService(database, search_index, settings.search_language),
+        search_index=search_index,
         items=ConversationItems(database, asking, conversations),
     )

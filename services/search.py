@@ -32,6 +32,7 @@ from services.errors import ConversationNotFound, NotFound
 from services.items import ConversationView, Page, view_of
 from services.search_query import parse
 from services.snippets import snippet
+from services.search_index import SearchIndexer
 from services.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -102,8 +103,9 @@ def decode_cursor(cursor: str) -> Position:
 
 
 class SearchService:
-    def __init__(self, db: Database, language: str = "simple") -> None:
+    def __init__(self, db: Database, index: SearchIndexer, language: str = "simple") -> None:
         self._db = db
+        self._index = index
         self._language = language
         self._checked_language = False
 
@@ -113,6 +115,7 @@ class SearchService:
             return []  # exclusions alone narrow nothing down
         after = decode_cursor(request.after) if request.after else None
         fragments = query.fragments()
+        self._index.before_search(owner)
         with UnitOfWork(self._db) as uow:
             self._check_language(uow.session)
             if request.conversation_id is not None:
@@ -137,6 +140,7 @@ class SearchService:
         query = parse(text)
         if not query.included:
             return Page([], False)  # exclusions alone narrow nothing down
+        self._index.before_search(owner)
         with UnitOfWork(self._db) as uow:
             self._check_language(uow.session)
             fragments = query.fragments()

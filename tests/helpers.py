@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flask.testing import FlaskClient
+from sqlalchemy import Engine, text
 from werkzeug.test import TestResponse
 
 
@@ -82,3 +83,12 @@ def check_tree(mapping: dict[str, Any]) -> None:
             assert node_id in mapping[node["parent"]]["children"]
         for child in node["children"]:
             assert mapping[child]["parent"] == node_id
+
+
+def pending_for_search(engine: Engine) -> int:
+    """Dialogue messages not in the search index yet (migration 0012)."""
+    with engine.connect() as connection:
+        if engine.dialect.name == "sqlite":
+            return connection.execute(text("SELECT count(*) FROM message_words_pending")).scalar_one()
+        unindexed = "SELECT count(*) FROM messages WHERE role IN ('user', 'assistant') AND search_vector IS NULL"
+        return connection.execute(text(unindexed)).scalar_one()

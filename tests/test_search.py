@@ -4,6 +4,7 @@ titles, isolation between keys, deletion, paging, hostile queries, and the migra
 from __future__ import annotations
 
 import importlib
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,17 +21,19 @@ from sqlalchemy.engine import make_url
 import models.search
 from models.db import Database
 from models.entities import Conversation, Message
-from models.search import BATCH, indexed_language, reindex
+from models.search import indexed_language
+from models.search_indexing import BATCH, reindex
 from models.search_text import UNSEGMENTED, Term
 from services.api_keys import ApiKeys
 from services.unit_of_work import UnitOfWork
 from services.search import SearchRequest, SearchService
+from services.search_index import SearchIndexer
 from services.search_query import parse
 from services.snippets import snippet
 from services.transfer import ConversationTransfer, read_export
 from tests.conftest import POSTGRES_URL
 from fakes.openai_upstream import FakeOpenAI, Reply
-from tests.helpers import ask, error_of, ok, post
+from tests.helpers import ask, error_of, ok, pending_for_search, post
 
 EXPORT = Path(__file__).parent / "data" / "chatgpt_export.json"
 
@@ -258,6 +261,93 @@ def test_deleted_messages_leave_the_index_itself(app: Flask, client: FlaskClient
             assert uow.session.execute(text(stale)).scalar_one() == 0
 
 
+# -- indexed after the write ---------------------------------------------------------
+
+
+def pending(app: Flask) -> int:
+    return pending_for_search(app.services.database.engine)
+
+
+def sqlite_index_is_sound(app: Flask) -> None:
+    """SQLite's FTS tables hold exactly the dialogue messages that are not pending (their
+    `_docsize` shadow tables have a row per document), and check sound themselves."""
+    with UnitOfWork(app.services.database) as uow:
+        if uow.session.get_bind().dialect.name != "sqlite":
+            return
+        rows = lambda sql: set(uow.session.execute(text(sql)).scalars())  # noqa: E731
+        indexed = rows(
+            "SELECT rowid FROM messages WHERE role IN ('user', 'assistant')"
+            " AND rowid NOT IN (SELECT id FROM message_words_pending)"
+        )
+        assert rows("SELECT id FROM message_words_docsize") == indexed
+        unsegmented = rows(f"SELECT rowid FROM messages WHERE content GLOB '{models.search.UNSEGMENTED_GLOB}'")
+        assert rows("SELECT id FROM message_grams_docsize") == indexed & unsegmented
+        for table in ("message_words", "message_grams"):
+            uow.session.execute(text(f"INSERT INTO {table}({table}) VALUES ('integrity-check')"))
+
+
+def test_an_ask_writes_unindexed_and_the_next_search_finds_it(client: FlaskClient, fake_upstream: FakeOpenAI) -> None:
+    """No ask waits for the index: its messages are pending until the next search (or the
+    background work) indexes them."""
+    fake_upstream.script(Reply(text="the walrus answers"))
+    ask(client, "a walrus question")
+    assert pending(client.application) == 2
+    assert [hit["role"] for hit in search(client, "walrus")] == ["assistant", "user"]
+    assert pending(client.application) == 0
+
+
+def test_the_background_work_indexes_what_is_pending(app: Flask, client: FlaskClient) -> None:
+    store(app, *[f"heron {n}" for n in range(250)])  # more than a SQLite batch
+    assert pending(app) == 250
+    indexer = SearchIndexer(app.services.database, every=0.05)
+    indexer.start()
+    try:
+        deadline = time.monotonic() + 10
+        while pending(app) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        indexer.stop()
+    assert pending(app) == 0
+    sqlite_index_is_sound(app)
+    assert len(search(client, "heron", limit=100)) == 100
+
+
+def test_a_changed_or_deleted_message_leaves_the_index_right(app: Flask, client: FlaskClient) -> None:
+    """A changed text is indexed again; one deleted before or after it was indexed leaves
+    no entry behind (SQLite: an external-content FTS table must only be told to delete
+    what it holds)."""
+    conversation_id = store(app, "an albatross flies", "尖锐的 albatross 信天翁")
+    assert len(search(client, "albatross")) == 2
+    with UnitOfWork(app.services.database) as uow:
+        first = uow.session.execute(
+            text("SELECT id FROM messages WHERE content = 'an albatross flies'")
+        ).scalar_one()
+        uow.conversations.update_message(uuid.UUID(str(first)), content="a pelican swims")
+        uow.commit()
+    assert pending(app) == 1
+    assert snippets(client, "pelican") == ["a **pelican** swims"]
+    assert snippets(client, "albatross") == ["尖锐的 **albatross** 信天翁"]
+    store(app, "an unseen puffin")  # deleted while pending
+    ok(post(client, "clear/conversations", {}))
+    assert pending(app) == 0
+    sqlite_index_is_sound(app)
+    store(app, "a puffin again", "pelican 信天翁")
+    assert snippets(client, "puffin") == ["a **puffin** again"]
+    assert snippets(client, "信天翁") == ["pelican **信天翁**"]
+    assert conversation_id not in {hit["conversation_id"] for hit in search(client, "pelican")}
+    sqlite_index_is_sound(app)
+
+
+def test_a_search_indexes_its_callers_messages_first(app: Flask) -> None:
+    """PostgreSQL indexes the caller's pending messages before the search (others' wait for
+    the background work); SQLite, which writes one transaction at a time, everyone's."""
+    store(app, "a gannet of a", owner="a")
+    store(app, "a gannet of b", owner="b")
+    SearchIndexer(app.services.database).before_search("a")
+    sqlite = app.services.database.engine.dialect.name == "sqlite"
+    assert pending(app) == (0 if sqlite else 1)
+
+
 # -- narrowing and paging ----------------------------------------------------------
 
 
@@ -422,8 +512,8 @@ def test_fragments_leave_other_keys_and_deleted_conversations_out(app: Flask, cl
 
 
 def test_postgresql_reads_fragments_through_the_trigram_index(empty_postgresql_url: str) -> None:
-    """The older messages' part of a fragment search is planned on `ix_messages_trigrams`
-    (migration 0011), the titles' on `ix_conversations_trigrams`."""
+    """The older messages' part of a fragment search is planned on `ix_messages_indexed_trigrams`
+    (migration 0012), the titles' on `ix_conversations_trigrams` (0011)."""
     database = Database(empty_postgresql_url)
     try:
         with UnitOfWork(database) as uow:
@@ -442,7 +532,7 @@ def test_postgresql_reads_fragments_through_the_trigram_index(empty_postgresql_u
             connection.exec_driver_sql("ANALYZE messages")
             connection.exec_driver_sql("ANALYZE conversations")
             connection.commit()
-        assert indexes == {"ix_messages_trigrams", "ix_conversations_trigrams"}
+        assert indexes == {"ix_messages_indexed_trigrams", "ix_conversations_trigrams"}
         statements: list[tuple[str, Any]] = []
 
         def seen(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
@@ -450,13 +540,13 @@ def test_postgresql_reads_fragments_through_the_trigram_index(empty_postgresql_u
                 statements.append((statement, parameters))
 
         event.listen(database.engine, "before_cursor_execute", seen)
-        SearchService(database).search("", SearchRequest(query="UserNam"))
+        SearchService(database, SearchIndexer(database)).search("", SearchRequest(query="UserNam"))
         event.remove(database.engine, "before_cursor_execute", seen)
         assert len(statements) == 1
         with database.engine.begin() as connection:
             connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
             plan = "\n".join(row[0] for row in connection.exec_driver_sql("EXPLAIN " + statements[0][0], statements[0][1]))
-        assert "ix_messages_trigrams" in plan and "ix_conversations_trigrams" in plan, plan
+        assert "ix_messages_indexed_trigrams" in plan and "ix_conversations_trigrams" in plan, plan
     finally:
         database.dispose()
 
@@ -583,7 +673,7 @@ def test_both_databases_find_the_same(empty_sqlite_url: str, empty_postgresql_ur
                 uow.session.add(Message(id=uuid.UUID(int=1000 + index), conversation_id=conversation_id, role="user",
                                         content=said, created_at=at))
             uow.commit()
-    services = [SearchService(database) for database in databases]
+    services = [SearchService(database, SearchIndexer(database)) for database in databases]
 
     @settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
     @given(query=st.lists(st.sampled_from(AGREED_WORDS), min_size=1, max_size=3).map(" ".join)
@@ -675,7 +765,7 @@ def test_the_migration_indexes_messages_written_before_it(database_url: str, tmp
         old.dispose()
         database = Database(url)
         database.migrate()
-        service = SearchService(database)
+        service = SearchService(database, SearchIndexer(database))
         found = service.search("", SearchRequest(query="backfilled", limit=100))
         assert found[0].message_id is None and found[0].title == "Backfilled"
         assert found[1].snippet == f"**backfilled** {BATCH + 1} 東京"  # the newest, from the last batch

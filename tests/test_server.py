@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine
 
 from fakes.openai_upstream import FakeOpenAI, Reply
 from tests.conftest import UPSTREAM_KEY
+from tests.helpers import pending_for_search
 from tests.server_process import PROJECT_ROOT, ServerProcess
 
 pytestmark = pytest.mark.e2e  # the real server process
@@ -26,8 +29,15 @@ def server_env(database_url: str, fake_upstream: FakeOpenAI) -> dict[str, str]:
 
 def test_data_survives_a_restart(database_url: str, fake_upstream: FakeOpenAI) -> None:
     env = server_env(database_url, fake_upstream)
+    engine = create_engine(database_url)
     with ServerProcess(env) as server:
         answer = server.post("ask", {"prompt": "remember me"}).json()["response"]
+        # Indexed for search in the background, with no search asking for it (migration 0012).
+        deadline = time.monotonic() + 10
+        while pending_for_search(engine) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert pending_for_search(engine) == 0
+    engine.dispose()
     with ServerProcess(env) as server:
         listed = server.post("conversation", {}).json()["response"]
         tree = server.post("msg/history", {"convo_id": answer["conversation_id"]}).json()["response"]

@@ -1,0 +1,182 @@
+"""Filling the search index: the messages written since the last batch, and reindexing.
+
+Messages are written unindexed (migration 0012): PostgreSQL leaves `search_vector` NULL,
+SQLite lists the rowid in `message_words_pending`. `index_pending` indexes a batch of them:
+the oldest pending rows of everyone (the background work) or of one owner (before that
+owner's search). Titles are indexed by their triggers.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from models.search import DIALOGUE, UNSEGMENTED_GLOB, forget_capabilities, sqlite_capabilities
+
+BATCH = 5_000
+"""Rows per transaction when reindexing."""
+LOCK_WAIT = "1s"
+"""How long an owner's catch-up waits for rows another transaction holds (PostgreSQL)."""
+LOCK_NOT_AVAILABLE, DEADLOCK = "55P03", "40P01"
+
+_POSTGRESQL = """
+    WITH chosen AS (
+        SELECT m.id FROM messages m
+        WHERE m.role IN {dialogue} AND m.search_vector IS NULL {owned}
+        ORDER BY m.id LIMIT :batch FOR UPDATE OF m {skip}
+    )
+    UPDATE messages m SET search_vector = search_document(m.content) FROM chosen WHERE m.id = chosen.id
+"""
+OWNED = "AND m.conversation_id IN (SELECT c.id FROM conversations c WHERE c.owner = :owner)"
+
+
+def index_pending(session: Session, batch: int, owner: str | None = None) -> int | None:
+    """Index up to `batch` pending messages, oldest first (of `owner`, else anyone's); how
+    many were indexed, or None when PostgreSQL could not have the rows in time.
+
+    The background work (no owner) skips rows that another transaction holds. An owner's
+    catch-up waits for them, up to LOCK_WAIT: they may be rows the background work is
+    indexing, which the search that follows must see. Rows still held after that, or a
+    deadlock with a writer, leave the catch-up undone (the transaction is rolled back) and
+    the search runs on what is indexed.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return _index_pending_sqlite(session, batch)
+    if owner is not None:
+        session.execute(text("SELECT set_config('lock_timeout', :wait, true)"), {"wait": LOCK_WAIT})
+    sql = _POSTGRESQL.format(
+        dialogue=DIALOGUE, owned=OWNED if owner is not None else "", skip="" if owner is not None else "SKIP LOCKED"
+    )
+    try:
+        return session.execute(text(sql), {"batch": batch, "owner": owner}).rowcount
+    except DBAPIError as error:
+        if getattr(error.orig, "pgcode", None) not in (LOCK_NOT_AVAILABLE, DEADLOCK):
+            raise
+        session.rollback()
+        return None
+
+
+def _index_pending_sqlite(session: Session, batch: int) -> int:
+    """SQLite writes one transaction at a time: the oldest `batch` of everyone's."""
+    names = sqlite_capabilities(session)
+    if "message_words_pending" not in names:
+        return 0  # no FTS5: nothing is indexed, search reads the texts
+    bound = session.execute(
+        text("SELECT max(id) FROM (SELECT id FROM message_words_pending ORDER BY id LIMIT :batch)"), {"batch": batch}
+    ).scalar_one()
+    if bound is None:
+        return 0
+    chosen = "rowid IN (SELECT id FROM message_words_pending WHERE id <= :bound)"
+    session.execute(
+        text(f"INSERT INTO message_words(rowid, content) SELECT rowid, content FROM messages WHERE {chosen}"),
+        {"bound": bound},
+    )
+    if "message_grams" in names:
+        session.execute(
+            text(
+                "INSERT INTO message_grams(rowid, content) SELECT rowid, content || char(1, 1) FROM messages"
+                f" WHERE {chosen} AND content GLOB :unsegmented"
+            ),
+            {"bound": bound, "unsegmented": UNSEGMENTED_GLOB},
+        )
+    return session.execute(text("DELETE FROM message_words_pending WHERE id <= :bound"), {"bound": bound}).rowcount
+
+
+def sqlite_tokenizer(language: str) -> str:
+    """FTS5's tokenizer for a language: it stems only English (porter)."""
+    return "porter unicode61 remove_diacritics 0" if language == "english" else "unicode61 remove_diacritics 0"
+
+
+def reindex(engine: Engine, language: str) -> None:
+    """Index every message and title again with `language`, a batch per transaction, while
+    the service keeps running (what it writes meanwhile is pending, or indexed by the
+    titles' triggers)."""
+    if engine.dialect.name == "postgresql":
+        _reindex_postgresql(engine, language)
+    else:
+        _reindex_sqlite(engine, language)
+    forget_capabilities(engine)
+
+
+def _reindex_postgresql(engine: Engine, language: str) -> None:
+    with engine.begin() as connection:
+        known = connection.execute(text("SELECT 1 FROM pg_ts_config WHERE cfgname = :name"), {"name": language})
+        if known.first() is None:
+            names = connection.execute(text("SELECT cfgname FROM pg_ts_config ORDER BY 1")).scalars().all()
+            raise ValueError(f"PostgreSQL has no text search configuration {language!r}; it has: {', '.join(names)}")
+        connection.execute(
+            text(
+                "CREATE OR REPLACE FUNCTION search_language() RETURNS regconfig"
+                f" LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT '{language}'::regconfig $$"
+            )
+        )
+    for table, column, scope in (("messages", "content", f"role IN {DIALOGUE}"), ("conversations", "title", "true")):
+        last = None
+        while True:
+            with engine.begin() as connection:
+                after = "" if last is None else "WHERE id > :last"
+                bound = connection.execute(
+                    text(f"SELECT id FROM (SELECT id FROM {table} {after} ORDER BY id LIMIT :batch) AS b ORDER BY id DESC LIMIT 1"),
+                    {"last": last, "batch": BATCH},
+                ).scalar_one_or_none()
+                if bound is None:
+                    break
+                connection.execute(
+                    text(
+                        f"UPDATE {table} SET search_vector = search_document({column})"
+                        f" WHERE {scope} AND id <= :bound {'' if last is None else 'AND id > :last'}"
+                    ),
+                    {"bound": bound, "last": last},
+                )
+            last = bound
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text("ANALYZE messages"))
+        connection.execute(text("ANALYZE conversations"))
+
+
+def _reindex_sqlite(engine: Engine, language: str) -> None:
+    """Titles: the word table anew, filled in batches (its triggers index what is written
+    meanwhile). Messages: the word table anew and the trigram table emptied in one
+    transaction that marks every message pending, then indexed a batch per transaction, as
+    the service's own catch-up does (it may take part)."""
+    with engine.begin() as connection:
+        tables = set(connection.execute(text("SELECT name FROM sqlite_master WHERE type = 'table'")).scalars())
+    if "message_words" not in tables:
+        return  # no FTS5: search reads the texts
+    with engine.begin() as connection:  # the triggers find a table at every moment
+        _create_words_table(connection, "conversations", "title", "conversation_words", language)
+        last = connection.execute(text("SELECT coalesce(max(rowid), 0) FROM conversations")).scalar_one()
+    for low in range(0, last, BATCH):
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO conversation_words(rowid, title) SELECT rowid, title FROM conversations"
+                    " WHERE rowid > :low AND rowid <= :high"
+                ),
+                {"low": low, "high": low + BATCH},
+            )
+    with engine.begin() as connection:
+        _create_words_table(connection, "messages", "content", "message_words", language)
+        if "message_grams" in tables:
+            connection.execute(text("INSERT INTO message_grams(message_grams) VALUES ('delete-all')"))
+        connection.execute(
+            text(f"INSERT OR IGNORE INTO message_words_pending(id) SELECT rowid FROM messages WHERE role IN {DIALOGUE}")
+        )
+    forget_capabilities(engine)
+    while True:
+        with Session(engine) as session:
+            indexed = index_pending(session, BATCH)
+            session.commit()
+        if not indexed:
+            return
+
+
+def _create_words_table(connection: Connection, table: str, column: str, words: str, language: str) -> None:
+    connection.execute(text(f"DROP TABLE IF EXISTS {words}"))
+    connection.execute(
+        text(
+            f"CREATE VIRTUAL TABLE {words} USING fts5({column}, content='{table}',"
+            f" content_rowid='rowid', tokenize='{sqlite_tokenizer(language)}')"
+        )
+    )
