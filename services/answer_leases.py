@@ -27,6 +27,11 @@ from services.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
 
+RETRY_AFTER = 1.0
+"""Seconds before the next round after a failed one: a round whose renewal failed is due
+again at once, and without this pause a database that is down had the loop spin, a log
+line per turn."""
+
 
 class AnswerLeases:
     """The answers this process is writing, their leases, and the sweep for everyone's expired ones."""
@@ -137,6 +142,7 @@ class AnswerLeases:
         renew_every = self.lease.total_seconds() / 3
         renewed_at = -renew_every
         while not self._stopped.is_set():
+            pause: float | None = None
             try:
                 self.save_texts()
                 if time.monotonic() - renewed_at >= renew_every:
@@ -144,10 +150,13 @@ class AnswerLeases:
                     self.sweep()
                     renewed_at = time.monotonic()
             except DatabaseUnavailable:
-                pass  # logged by the unit of work; the next round tries again
+                pause = RETRY_AFTER  # logged by the unit of work
             except Exception:  # noqa: BLE001 - the loop must outlive any one failure
                 log.exception("saving answers and renewing their leases failed")
-            # Idle, it wakes only to renew and sweep (or when an answer is held).
-            idle = renew_every - (time.monotonic() - renewed_at)
-            self._wake.wait(min(self.save_every, renew_every) if self.writing() else max(idle, 0.0))
+                pause = RETRY_AFTER
+            if pause is None:
+                # Idle, it wakes only to renew and sweep (or when an answer is held).
+                idle = renew_every - (time.monotonic() - renewed_at)
+                pause = min(self.save_every, renew_every) if self.writing() else max(idle, 0.0)
+            self._wake.wait(pause)
             self._wake.clear()

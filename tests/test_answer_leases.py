@@ -4,6 +4,7 @@ answers a live process is writing are left alone. Service tier, on SQLite and Po
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -11,12 +12,14 @@ from typing import Any
 
 import pytest
 
+from fakes.net import free_port
 from models.db import Database
 from models.entities import utcnow
 from models.statuses import IN_PROGRESS, INTERRUPTED
 from services.answer_leases import AnswerLeases
 from services.asking import AnswerEvent, AskService, Question
 from services.metrics import Metrics
+from services.search_index import SearchIndexer
 from services.titles import TitleWriter
 from services.unit_of_work import UnitOfWork
 from tests.scripted_provider import Scripted, ScriptedProvider
@@ -214,3 +217,21 @@ def test_the_next_ask_continues_after_an_interrupted_answer_with_its_text(
     sent = [(m.role, m.content) for m in provider.requests[-1].messages]
     assert sent[-2:] == [("assistant", "Half an answer"), ("user", "Go on")]
     events.close()
+
+
+def test_a_database_that_is_down_is_retried_every_second_not_in_a_spin(caplog: pytest.LogCaptureFixture) -> None:
+    """A failed round made the next one due at once: the loop spun, a log line per turn."""
+    down = Database(f"postgresql+psycopg2://postgres@127.0.0.1:{free_port()}/nothing", timeout=1.0)
+    leases = AnswerLeases(down, lease_seconds=3.0)
+    indexer = SearchIndexer(down, every=0.2)
+    try:
+        with caplog.at_level(logging.WARNING):
+            leases.start()
+            indexer.start()
+            time.sleep(1.5)
+    finally:
+        leases.stop()
+        indexer.stop()
+        down.dispose()
+    failures = [record for record in caplog.records if "database unavailable" in record.getMessage()]
+    assert 2 <= len(failures) <= 2 + 1.5 / 0.2 + 1, len(failures)
