@@ -9,52 +9,34 @@ owner's search). Titles are indexed by their triggers.
 from __future__ import annotations
 
 from sqlalchemy import Connection, Engine, text
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from models.search import DIALOGUE, UNSEGMENTED_GLOB, forget_capabilities, sqlite_capabilities
 
 BATCH = 5_000
 """Rows per transaction when reindexing."""
-LOCK_WAIT = "1s"
-"""How long an owner's catch-up waits for rows another transaction holds (PostgreSQL)."""
-LOCK_NOT_AVAILABLE, DEADLOCK = "55P03", "40P01"
-
-_POSTGRESQL = """
+_BACKGROUND = f"""
     WITH chosen AS (
-        SELECT m.id FROM messages m
-        WHERE m.role IN {dialogue} AND m.search_vector IS NULL {owned}
-        ORDER BY m.id LIMIT :batch FOR UPDATE OF m {skip}
+        SELECT m.id FROM messages m WHERE m.role IN {DIALOGUE} AND m.search_vector IS NULL
+        ORDER BY m.id LIMIT :batch FOR UPDATE OF m SKIP LOCKED
     )
     UPDATE messages m SET search_vector = search_document(m.content) FROM chosen WHERE m.id = chosen.id
 """
-OWNED = "AND m.conversation_id IN (SELECT c.id FROM conversations c WHERE c.owner = :owner)"
 
 
 def index_pending(session: Session, batch: int, owner: str | None = None) -> int | None:
-    """Index up to `batch` pending messages, oldest first (of `owner`, else anyone's); how
-    many were indexed, or None when PostgreSQL could not have the rows in time.
+    """Index up to `batch` pending messages, oldest first (of `owner`, else anyone's), in
+    one statement; how many were indexed, or None when PostgreSQL could not have them.
 
     The background work (no owner) skips rows that another transaction holds. An owner's
-    catch-up waits for them, up to LOCK_WAIT: they may be rows the background work is
-    indexing, which the search that follows must see. Rows still held after that, or a
-    deadlock with a writer, leave the catch-up undone (the transaction is rolled back) and
-    the search runs on what is indexed.
+    catch-up (`search_catch_up()`, migration 0012) waits for them a little: they may be
+    rows the background work is indexing, which the search that follows must see.
     """
     if session.get_bind().dialect.name != "postgresql":
         return _index_pending_sqlite(session, batch)
-    if owner is not None:
-        session.execute(text("SELECT set_config('lock_timeout', :wait, true)"), {"wait": LOCK_WAIT})
-    sql = _POSTGRESQL.format(
-        dialogue=DIALOGUE, owned=OWNED if owner is not None else "", skip="" if owner is not None else "SKIP LOCKED"
-    )
-    try:
-        return session.execute(text(sql), {"batch": batch, "owner": owner}).rowcount
-    except DBAPIError as error:
-        if getattr(error.orig, "pgcode", None) not in (LOCK_NOT_AVAILABLE, DEADLOCK):
-            raise
-        session.rollback()
-        return None
+    if owner is None:
+        return session.execute(text(_BACKGROUND), {"batch": batch}).rowcount
+    return session.execute(text("SELECT search_catch_up(:owner, :batch)"), {"owner": owner, "batch": batch}).scalar()
 
 
 def _index_pending_sqlite(session: Session, batch: int) -> int:

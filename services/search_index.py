@@ -45,7 +45,7 @@ class SearchIndexer:
         (`index_pending`)."""
         total, done = 0, 0
         while batches is None or done < batches:
-            with UnitOfWork(self._db) as uow:
+            with UnitOfWork(self._db, one_statement=True) as uow:  # one on PostgreSQL
                 indexed = index_pending(uow.session, self._batch, owner)
                 uow.commit()
             total, done = total + (indexed or 0), done + 1

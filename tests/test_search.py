@@ -4,6 +4,7 @@ titles, isolation between keys, deletion, paging, hostile queries, and the migra
 from __future__ import annotations
 
 import importlib
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -346,6 +347,40 @@ def test_a_search_indexes_its_callers_messages_first(app: Flask) -> None:
     SearchIndexer(app.services.database).before_search("a")
     sqlite = app.services.database.engine.dialect.name == "sqlite"
     assert pending(app) == (0 if sqlite else 1)
+
+
+def test_a_catch_up_waits_a_little_for_rows_another_transaction_holds(empty_postgresql_url: str) -> None:
+    """Rows the background work is indexing are waited for, so the search sees them indexed;
+    rows held for longer (a writer's long transaction) are left to later, and the search
+    answers (PostgreSQL; SQLite's writers take turns)."""
+    database = Database(empty_postgresql_url)
+    indexer = SearchIndexer(database)
+    service = SearchService(database, indexer)
+    try:
+        with UnitOfWork(database) as uow:
+            conversation = Conversation(id=uuid.uuid4(), owner="", title="t")
+            uow.session.add(conversation)
+            uow.session.flush()
+            for body in ("a held ibis", "a free ibis"):
+                uow.session.add(Message(id=uuid.uuid4(), conversation_id=conversation.id, role="user", content=body))
+            uow.commit()
+        with database.engine.connect() as holder:
+            holder.execute(text("SELECT id FROM messages WHERE content = 'a held ibis' FOR UPDATE"))
+            started = time.monotonic()
+            service.search("", SearchRequest(query="ibis"))
+            assert 0.9 < time.monotonic() - started < 5
+            assert pending_for_search(database.engine) == 2  # its batch gave up whole
+            holder.rollback()
+            # Held briefly, as by the background work's batch: waited for, then seen.
+            holder.execute(text("UPDATE messages SET search_vector = search_document(content) WHERE content = 'a held ibis'"))
+            release = threading.Timer(0.3, holder.commit)
+            release.start()
+            try:
+                assert indexer.before_search("") is None and pending_for_search(database.engine) == 0
+            finally:
+                release.join()
+    finally:
+        database.dispose()
 
 
 # -- narrowing and paging ----------------------------------------------------------
