@@ -9,8 +9,8 @@ from sqlalchemy import Connection
 
 from models.entities import Base
 
-SEARCH_OBJECTS = re.compile(r"search_vector|ix_\w+_(search|trigrams)$|\w+_(words|grams)(_\w+)?$")
-"""What migrations 0005 and 0011 keep outside the models; autogenerate must not drop it."""
+SEARCH_OBJECTS = re.compile(r"search_vector|ix_\w+_(search|trigrams)$|\w+_(words|grams|fragments)(_\w+)?$")
+"""What migrations 0005, 0011 and 0012 keep outside the models; autogenerate must not drop it."""
 
 
 def modelled(_object: object, name: str | None, _type: str, reflected: bool, compare_to: object) -> bool:

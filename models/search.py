@@ -3,9 +3,10 @@
 PostgreSQL: `messages.search_vector` and `conversations.search_vector`, tsvectors
 (`search_document()`, configuration `search_language()`), with GIN indexes; and pg_trgm
 GIN indexes on the texts themselves, which find fragments (`Term.fragment`). SQLite: FTS5
-external-content tables: `*_words` (unicode61: words and prefixes) and `*_grams` (trigram:
-texts with characters of `UNSEGMENTED` scripts only); fragments are found by reading the
-texts, newest first. Titles are indexed by triggers; messages after they are written
+external-content tables: `*_words` (unicode61: words and prefixes), `*_grams` (trigram:
+texts with characters of `UNSEGMENTED` scripts only) and `*_fragments` (trigram: every
+text, for fragments; without the trigram tokenizer fragments are found by reading the
+texts, newest first). Titles are indexed by triggers; messages after they are written
 (migration 0012, `models/search_indexing.py`), and the caller's before each search.
 
 Everything the user typed reaches the database as bound parameters: PostgreSQL reads it
@@ -122,6 +123,8 @@ class _Source:
     column: str
     words: str
     grams: str
+    fragments: str
+    """SQLite's trigram table over every text (migration 0012), for fragments."""
     order_index: str
     scope: str
     """Conditions every hit meets, for walking the time index (dialogue messages; the
@@ -150,6 +153,7 @@ MESSAGES_SOURCE = _Source(
     column="content",
     words="message_words",
     grams="message_grams",
+    fragments="message_fragments",
     order_index="ix_messages_search_order",
     scope=f"m.role IN {DIALOGUE}",
     kind=f"m.role IN {DIALOGUE} AND m.search_vector IS NOT NULL",  # the trigram index's rows (0012)
@@ -168,6 +172,7 @@ TITLES_SOURCE = _Source(
     column="title",
     words="conversation_words",
     grams="conversation_grams",
+    fragments="conversation_fragments",
     order_index="ix_conversations_search_order",
     scope="c.owner = :owner",
     kind="true",
@@ -373,6 +378,10 @@ class _Search:
         grams_match = self.grams_match(latin=False) if s.grams in capabilities else None
         if grams_match is not None:
             indexes.append((s.grams, grams_match))
+        if s.fragments in capabilities:  # each fragment as a substring (they have 3 characters or more)
+            indexes += [
+                (s.fragments, _fts_string(" ".join(term.text.split()))) for term in self.query.included if term.fragment
+            ]
         return self.sqlite_indexed(conditions, indexes, limit)
 
     def sqlite_embedded(self, limit: int, capabilities: frozenset[str]) -> list[Any]:

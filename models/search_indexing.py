@@ -62,6 +62,11 @@ def _index_pending_sqlite(session: Session, batch: int) -> int:
             ),
             {"bound": bound, "unsegmented": UNSEGMENTED_GLOB},
         )
+    if "message_fragments" in names:
+        session.execute(
+            text(f"INSERT INTO message_fragments(rowid, content) SELECT rowid, content FROM messages WHERE {chosen}"),
+            {"bound": bound},
+        )
     return session.execute(text("DELETE FROM message_words_pending WHERE id <= :bound"), {"bound": bound}).rowcount
 
 
@@ -119,7 +124,7 @@ def _reindex_postgresql(engine: Engine, language: str) -> None:
 
 def _reindex_sqlite(engine: Engine, language: str) -> None:
     """Titles: the word table anew, filled in batches (its triggers index what is written
-    meanwhile). Messages: the word table anew and the trigram table emptied in one
+    meanwhile). Messages: the word table anew and the trigram tables emptied in one
     transaction that marks every message pending, then indexed a batch per transaction, as
     the service's own catch-up does (it may take part)."""
     with engine.begin() as connection:
@@ -140,8 +145,9 @@ def _reindex_sqlite(engine: Engine, language: str) -> None:
             )
     with engine.begin() as connection:
         _create_words_table(connection, "messages", "content", "message_words", language)
-        if "message_grams" in tables:
-            connection.execute(text("INSERT INTO message_grams(message_grams) VALUES ('delete-all')"))
+        for fts in ("message_grams", "message_fragments"):
+            if fts in tables:
+                connection.execute(text(f"INSERT INTO {fts}({fts}) VALUES ('delete-all')"))
         connection.execute(
             text(f"INSERT OR IGNORE INTO message_words_pending(id) SELECT rowid FROM messages WHERE role IN {DIALOGUE}")
         )
