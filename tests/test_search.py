@@ -847,6 +847,7 @@ def test_the_migration_indexes_messages_written_before_it(database_url: str, tmp
             admin.dispose()
 
 
-def test_the_migration_knows_the_same_unsegmented_scripts() -> None:
-    migration = importlib.import_module("migrations.versions.0005_search")
-    assert migration.UNSEGMENTED == UNSEGMENTED
+def test_the_migrations_know_the_same_unsegmented_scripts() -> None:
+    for name in ("0005_search", "0012_search_off_the_ask_path"):
+        assert importlib.import_module(f"migrations.versions.{name}").UNSEGMENTED == UNSEGMENTED, name
+    assert importlib.import_module("migrations.versions.0012_search_off_the_ask_path").GLOB == models.search.UNSEGMENTED_GLOB
