@@ -104,8 +104,7 @@ def serve_with_gunicorn(app: GptApi, settings: Settings, database: Database) -> 
         database.engine.dispose(close=False)
 
     def post_worker_init(worker: Any) -> None:
-        app.services.asking.leases.start()
-        app.services.search_index.start()
+        app.services.start_background()
         stop = worker.handle_exit
 
         def handle_sigterm(sig: int, frame: FrameType | None) -> None:
@@ -164,6 +163,5 @@ def serve_with_waitress(app: GptApi, settings: Settings) -> None:
     import waitress
 
     threads = min(settings.worker_connections, 1000)
-    app.services.asking.leases.start()
-    app.services.search_index.start()
+    app.services.start_background()
     waitress.serve(app, host=settings.host, port=settings.port, threads=threads)

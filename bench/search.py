@@ -2,10 +2,10 @@
 
 For each database: migrate to revision 0004 (before search), seed 1,000,000 dialogue
 messages in 100,000 conversations straight with SQL, time inserting single messages,
-migrate to the newest revision (the batched backfill, the word and trigram indexes, timed), time the
-same inserts again (written pending: migration 0012 indexes them after their transaction),
-time the background work indexing a thousand pending answers, then time searches through `SearchService.search`, the function the
-route calls (query, snippets and cursors; the HTTP layer adds about a millisecond, the
+migrate to the newest revision (the batched backfill, the word and trigram indexes,
+timed), time the same inserts again (written pending: migration 0012 indexes them after
+their transaction), time the background work indexing a thousand pending answers, then
+time searches through `SearchService.search`, the function the route calls (query, snippets and cursors; the HTTP layer adds about a millisecond, the
 same for every route, and the floor rows of the `reading` phase show it).
 
 The text: sentences of 12 words drawn from a Zipf-like vocabulary of 5,000 words; a user
@@ -216,24 +216,38 @@ INSERT_MESSAGE = text(
 later migrations add)."""
 
 
-def time_inserts(database: Database, content: str) -> Timings:
-    """One dialogue message per transaction, as `ask` stores one, into the newest
-    conversation; deleted afterwards, so that they do not crowd the newest hits."""
-    added: list[uuid.UUID] = []
+def newest_conversation(database: Database) -> uuid.UUID:
+    """Where the timed messages go."""
     with UnitOfWork(database) as uow:
-        conversation_id = uow.session.scalar(select(Conversation.id).order_by(Conversation.created_at.desc()).limit(1))
+        return uow.session.scalar(select(Conversation.id).order_by(Conversation.created_at.desc()).limit(1))
+
+
+def insert_message(database: Database, message_id: uuid.UUID, conversation_id: uuid.UUID, content: str) -> None:
+    """One dialogue message in its own transaction, as `ask` stores one."""
+    with UnitOfWork(database) as uow:
+        uow.session.execute(INSERT_MESSAGE, {
+            "id": message_id, "conversation_id": conversation_id, "content": content, "created_at": utcnow()})
+        uow.commit()
+
+
+def delete_messages(database: Database, ids: list[uuid.UUID]) -> None:
+    """The timed messages, so that they do not crowd the newest hits."""
+    with UnitOfWork(database) as uow:
+        uow.session.execute(delete(Message).where(Message.id.in_(ids)))
+        uow.commit()
+
+
+def time_inserts(database: Database, content: str) -> Timings:
+    """One dialogue message per transaction into the newest conversation; deleted afterwards."""
+    added: list[uuid.UUID] = []
+    conversation_id = newest_conversation(database)
 
     def insert() -> None:
         added.append(uuid.uuid4())
-        with UnitOfWork(database) as uow:
-            uow.session.execute(INSERT_MESSAGE, {
-                "id": added[-1], "conversation_id": conversation_id, "content": content, "created_at": utcnow()})
-            uow.commit()
+        insert_message(database, added[-1], conversation_id, content)
 
     timings = timed(insert, INSERTS, warm=20)
-    with UnitOfWork(database) as uow:
-        uow.session.execute(delete(Message).where(Message.id.in_(added)))
-        uow.commit()
+    delete_messages(database, added)
     return timings
 
 
@@ -241,19 +255,14 @@ def time_catch_up(database: Database, content: str, count: int = 1_000) -> float
     """Milliseconds per message for the background work to index `count` pending ones
     (written as `ask` writes them, then indexed in its batches); deleted afterwards."""
     added = [uuid.uuid4() for _ in range(count)]
-    with UnitOfWork(database) as uow:
-        conversation_id = uow.session.scalar(select(Conversation.id).order_by(Conversation.created_at.desc()).limit(1))
-        for message_id in added:
-            uow.session.execute(INSERT_MESSAGE, {
-                "id": message_id, "conversation_id": conversation_id, "content": content, "created_at": utcnow()})
-        uow.commit()
+    conversation_id = newest_conversation(database)
+    for message_id in added:
+        insert_message(database, message_id, conversation_id, content)
     started = time.perf_counter()
     indexed = SearchIndexer(database).catch_up()
     elapsed = time.perf_counter() - started
     assert indexed >= count, indexed
-    with UnitOfWork(database) as uow:
-        uow.session.execute(delete(Message).where(Message.id.in_(added)))
-        uow.commit()
+    delete_messages(database, added)
     return elapsed * 1000 / count
 
 

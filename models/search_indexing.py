@@ -2,8 +2,8 @@
 
 Messages are written unindexed (migration 0012): PostgreSQL leaves `search_vector` NULL,
 SQLite lists the rowid in `message_words_pending`. `index_pending` indexes a batch of them:
-the oldest pending rows of everyone (the background work) or of one owner (before that
-owner's search). Titles are indexed by their triggers.
+everyone's (the background work) or one owner's (before that owner's search). Titles are
+indexed by their triggers.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ _BACKGROUND = f"""
 
 
 def index_pending(session: Session, batch: int, owner: str | None = None) -> int | None:
-    """Index up to `batch` pending messages, oldest first (of `owner`, else anyone's), in
-    one statement; how many were indexed, or None when PostgreSQL could not have them.
+    """Index up to `batch` pending messages in key order (of `owner`, else anyone's; SQLite:
+    anyone's, oldest first); how many were indexed, or None when PostgreSQL could not have
+    them. On PostgreSQL one statement.
 
     The background work (no owner) skips rows that another transaction holds. An owner's
     catch-up (`search_catch_up()`, migration 0012) waits for them a little: they may be
@@ -127,8 +128,9 @@ def _reindex_sqlite(engine: Engine, language: str) -> None:
     meanwhile). Messages: the word table anew and the trigram tables emptied in one
     transaction that marks every message pending, then indexed a batch per transaction, as
     the service's own catch-up does (it may take part)."""
-    with engine.begin() as connection:
-        tables = set(connection.execute(text("SELECT name FROM sqlite_master WHERE type = 'table'")).scalars())
+    forget_capabilities(engine)
+    with Session(engine) as session:
+        tables = sqlite_capabilities(session)
     if "message_words" not in tables:
         return  # no FTS5: search reads the texts
     with engine.begin() as connection:  # the triggers find a table at every moment

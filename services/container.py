@@ -49,6 +49,12 @@ class Services:
     search: SearchService
     search_index: SearchIndexer
 
+    def start_background(self) -> None:
+        """This process's background work: answer leases and the search index's catch-up
+        (once per process; a forked worker starts its own)."""
+        self.asking.leases.start()
+        self.search_index.start()
+
     def close(self) -> None:
         """Let background work finish, then close the database's connections."""
         self.asking.leases.stop()

@@ -30,9 +30,9 @@ from models.search import Filters, Hit, Key, find, indexed_language
 from models.search_text import Query
 from services.errors import ConversationNotFound, NotFound
 from services.items import ConversationView, Page, view_of
+from services.search_index import SearchIndexer
 from services.search_query import parse
 from services.snippets import snippet
-from services.search_index import SearchIndexer
 from services.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
