@@ -11,6 +11,7 @@ from __future__ import annotations
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.orm import Session
 
+from models.online_ddl import update_in_batches
 from models.search import DIALOGUE, UNSEGMENTED_GLOB, forget_capabilities, sqlite_capabilities
 
 BATCH = 5_000
@@ -99,26 +100,9 @@ def _reindex_postgresql(engine: Engine, language: str) -> None:
                 f" LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT '{language}'::regconfig $$"
             )
         )
-    for table, column, scope in (("messages", "content", f"role IN {DIALOGUE}"), ("conversations", "title", "true")):
-        last = None
-        while True:
-            with engine.begin() as connection:
-                after = "" if last is None else "WHERE id > :last"
-                bound = connection.execute(
-                    text(f"SELECT id FROM (SELECT id FROM {table} {after} ORDER BY id LIMIT :batch) AS b ORDER BY id DESC LIMIT 1"),
-                    {"last": last, "batch": BATCH},
-                ).scalar_one_or_none()
-                if bound is None:
-                    break
-                connection.execute(
-                    text(
-                        f"UPDATE {table} SET search_vector = search_document({column})"
-                        f" WHERE {scope} AND id <= :bound {'' if last is None else 'AND id > :last'}"
-                    ),
-                    {"bound": bound, "last": last},
-                )
-            last = bound
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        for table, column, scope in (("messages", "content", f"role IN {DIALOGUE}"), ("conversations", "title", "true")):
+            update_in_batches(connection, table, f"search_vector = search_document({column})", scope, BATCH)
         connection.execute(text("ANALYZE messages"))
         connection.execute(text("ANALYZE conversations"))
 

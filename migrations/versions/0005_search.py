@@ -29,9 +29,9 @@ from __future__ import annotations
 import logging
 
 from alembic import op
-from sqlalchemy import Connection, text
+from sqlalchemy import text
 
-from models.online_ddl import create_index_concurrently
+from models.online_ddl import create_index_concurrently, update_in_batches
 
 revision = "0005"
 down_revision = "0004"
@@ -165,8 +165,8 @@ def _postgresql(language: str) -> None:
     )
     with op.get_context().autocommit_block():
         connection = op.get_bind()
-        _backfill_postgresql(connection, "messages", "search_document(content)", DIALOGUE)
-        _backfill_postgresql(connection, "conversations", "search_document(title)", "true")
+        update_in_batches(connection, "messages", "search_vector = search_document(content)", DIALOGUE, BATCH)
+        update_in_batches(connection, "conversations", "search_vector = search_document(title)", "true", BATCH)
         for name, definition in (
             ("ix_messages_search", "messages USING gin (search_vector)"),
             ("ix_conversations_search", "conversations USING gin (search_vector)"),
@@ -176,25 +176,6 @@ def _postgresql(language: str) -> None:
             create_index_concurrently(connection, name, definition)
         connection.execute(text("ANALYZE messages"))
         connection.execute(text("ANALYZE conversations"))
-
-
-def _backfill_postgresql(connection: Connection, table: str, document: str, scope: str) -> None:
-    """Fill `search_vector` of existing rows, in primary-key order, a batch per transaction."""
-    last = None
-    while True:
-        after = "" if last is None else "WHERE id > :last"
-        bound = connection.execute(
-            text(f"SELECT id FROM (SELECT id FROM {table} {after} ORDER BY id LIMIT :batch) AS b ORDER BY id DESC LIMIT 1"),
-            {"last": last, "batch": BATCH},
-        ).scalar_one_or_none()
-        if bound is None:
-            return
-        lower = "" if last is None else "AND id > :last"
-        connection.execute(
-            text(f"UPDATE {table} SET search_vector = {document} WHERE {scope} AND id <= :bound {lower}"),
-            {"bound": bound, "last": last},
-        )
-        last = bound
 
 
 # -- SQLite ---------------------------------------------------------------------
