@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 import zipfile
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import func, select
+from sqlalchemy import create_engine, func, select, text
 
 from cli import cli
 from fakes.openai_upstream import FakeOpenAI, Reply
@@ -294,6 +295,37 @@ def test_a_large_export_imports_in_bounded_memory(database_url: str, tmp_path: P
     assert peak - baseline < size / 2
     with_messages = run_cli(database_url, "export", "-")
     assert with_messages.stdout.count('"current_node"') == 802
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_an_import_into_an_empty_database_finds_each_parent_by_its_index(database_url: str, tmp_path: Path) -> None:
+    """Each message's foreign keys are checked as the import goes. Planned once while the
+    tables were empty, those checks would scan the whole messages table for every message."""
+    export = tmp_path / "export.json"
+    write_large_export(export, conversations=80, messages=12, text_size=100)
+    rows = 80 * 13  # with each conversation's empty root
+    engine = create_engine(database_url)
+
+    def counts() -> tuple[int, int]:
+        """(sequential scans of messages, rows inserted into it) as reported so far."""
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_stat_clear_snapshot()"))
+            row = connection.execute(
+                text("SELECT seq_scan, n_tup_ins FROM pg_stat_user_tables WHERE relname = 'messages'")
+            ).one()
+            return row[0], row[1]
+
+    scans_before, inserted_before = counts()
+    result = run_import(database_url, export)
+    assert result.exit_code == 0, result.output
+    deadline = time.monotonic() + 10  # a connection reports its counts when it closes
+    while (counted := counts())[1] - inserted_before < rows and time.monotonic() < deadline:
+        time.sleep(0.05)
+    scans = counted[0] - scans_before
+    engine.dispose()
+    assert counted[1] - inserted_before == rows
+    # Scanning is the cheaper plan only while the table is a page or two: a bounded number.
+    assert scans < rows / 4, f"{scans} sequential scans of messages for {rows} imported messages"
 
 
 # -- real exports: missing current nodes, other shapes, broken files, huge conversations, odd ids

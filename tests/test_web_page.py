@@ -371,7 +371,9 @@ def test_enter_sends_and_shift_enter_starts_a_new_line(page: Page, fake_upstream
 def test_stop_keeps_the_partial_answer_stored_and_marked(
     page: Page, server: ServerProcess, fake_upstream: FakeOpenAI
 ) -> None:
-    fake_upstream.script(Reply(chunks=["Partial ", "words ", "never ", "seen"], chunk_delay=0.4))
+    # Long enough that the answer is still coming when the server notices the stop, however
+    # late the click lands on a busy machine.
+    fake_upstream.script(Reply(chunks=["Partial ", "words ", *["never "] * 20, "seen"], chunk_delay=0.4))
     page.type_prompt("Tell me slowly")
     page.wait_for(lambda: page.messages()[-1][1].startswith("Partial"))
     page.find("#stop").click()
