@@ -99,6 +99,17 @@ def serve_with_gunicorn(app: GptApi, settings: Settings, database: Database) -> 
     """
     import gevent
     from gunicorn.app.base import BaseApplication
+    from gunicorn.glogging import Logger
+
+    class ThroughOurLogging(Logger):  # type: ignore[misc]
+        """gunicorn's own lines (starting, workers booting and exiting, signals) go through
+        the process's logging like every other logger's: JSON with `LOG_FORMAT=json`."""
+
+        def setup(self, cfg: Any) -> None:
+            super().setup(cfg)
+            for handler in list(self.error_log.handlers):
+                self.error_log.removeHandler(handler)
+            self.error_log.propagate = True
 
     def post_fork(_server: object, _worker: object) -> None:
         database.engine.dispose(close=False)
@@ -135,6 +146,7 @@ def serve_with_gunicorn(app: GptApi, settings: Settings, database: Database) -> 
         "post_request": post_request,
         "child_exit": lambda _server, worker: mark_process_dead(worker.pid),
         "loglevel": settings.log_level.lower(),
+        "logger_class": ThroughOurLogging,
         "accesslog": None,  # one line per request comes from the app itself
         "control_socket_disable": True,  # instances on one machine would share its path
     }

@@ -293,7 +293,8 @@ def test_a_large_export_imports_in_bounded_memory(database_url: str, tmp_path: P
     # Loading the file whole would take several times its size; streaming holds one conversation.
     print(f"import of {size / 2**20:.0f} MiB: peak RSS {peak / 2**20:.0f} MiB, {baseline / 2**20:.0f} MiB for a tiny file")
     assert peak - baseline < size / 2
-    with_messages = run_cli(database_url, "export", "-")
+    with_messages = CliRunner().invoke(cli, ["export", "-"], env={"DATABASE_URL": database_url})
+    assert with_messages.exit_code == 0, with_messages.output
     assert with_messages.stdout.count('"current_node"') == 802
 
 
