@@ -54,6 +54,11 @@ def make_engine(
     server that stops answering at all (2 s longer, so a slow statement gets the server's
     own clean cancel first)."""
     parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        # A URL that names no driver (as PostgreSQL's own tools write it) gets the one this
+        # project installs: SQLAlchemy 2.1 would otherwise pick psycopg 3, which is not here.
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+        url = parsed.render_as_string(hide_password=False)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ from alembic import command
 from alembic.script import ScriptDirectory
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import text
 
 from app import create_app
 from fakes.openai_upstream import FakeOpenAI
@@ -108,5 +109,17 @@ def test_a_current_schema_is_left_alone_without_alembic(tmp_path: Path, caplog: 
             assert [record for record in caplog.records if record.name.startswith("alembic")] == []
         with db.engine.connect() as connection:
             assert Database.schema_is_current(connection)
+    finally:
+        db.dispose()
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+def test_a_postgresql_url_without_a_driver_uses_the_installed_one(postgresql_url: str, scheme: str) -> None:
+    """As PostgreSQL's own tools write a URL; SQLAlchemy alone would look for psycopg 3."""
+    db = Database(f"{scheme}://" + postgresql_url.split("://", 1)[1])
+    try:
+        assert db.engine.dialect.driver == "psycopg2"
+        with db.engine.connect() as connection:
+            assert connection.scalar(text("SELECT 1")) == 1
     finally:
         db.dispose()
