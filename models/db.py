@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 import psycopg2
 
@@ -151,6 +151,12 @@ def _set_statement_timeout(dbapi_connection, _record, *, seconds: float) -> None
     cursor.execute(f"SET statement_timeout = {int(seconds * 1000)}")
     cursor.close()
     dbapi_connection.commit()  # a connection leaves the pool outside any transaction
+
+
+def bound_engine(work: Session | Connection) -> Engine:
+    """The engine behind a Session or a Core connection (single-statement work runs on the
+    latter: `services/unit_of_work.py`)."""
+    return work.engine if isinstance(work, Connection) else work.get_bind().engine
 
 
 def _alembic_config() -> Any:

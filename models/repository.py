@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    Connection,
     Double,
     Row,
     Select,
@@ -38,6 +39,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.elements import TextClause
 
+from models.db import bound_engine
 from models.entities import DEFAULT_TITLE, ChatCompletion, Conversation, Message, UTCDateTime
 from models.statuses import FINISHED, IN_PROGRESS, INTERRUPTED
 
@@ -175,13 +177,63 @@ def _update_answer(answer: dict[str, Any]) -> Update:
     return update(_MESSAGES).where(_MESSAGES.c.id == answer["id"]).values(answer)
 
 
-class ConversationRepository:
+class Statements:
+    """The plain statements that single-statement work runs (every ask runs two: its
+    question's and its answer's). They run on a Core connection there, which costs about
+    half the CPU of a Session (`services/unit_of_work.py`), and on a Session everywhere else.
+    """
+
+    def __init__(self, work: Session | Connection) -> None:
+        self.work = work
+        self._postgresql = bound_engine(work).dialect.name == "postgresql"
+
+    def add_conversation(self, *, nodes: Sequence[dict[str, Any]], **values: Any) -> None:
+        """A new conversation and its first nodes (parents before children): one statement on
+        PostgreSQL (the conversation's insert in a CTE), so it can run outside a transaction."""
+        shared = {"conversation_id": values["id"], "created_at": values["created_at"]}
+        rows = [{**_NODE_DEFAULTS, **node, **shared} for node in nodes]
+        if not self._postgresql:
+            self.work.execute(insert(_CONVERSATIONS).values(values))
+            self.work.execute(insert(_MESSAGES).values(rows))
+            return
+        parameters = {f"c_{name}": value for name, value in values.items()}
+        for n, row in enumerate(rows):
+            parameters.update({f"m{n}_{name}": value for name, value in row.items()})
+        self.work.execute(_new_conversation(tuple(values), tuple(rows[0]), len(rows)), parameters)
+
+    def place_answer(
+        self, conversation_id: uuid.UUID, moved: dict[str, Any], answer: dict[str, Any], *, new: bool
+    ) -> bool:
+        """Write an answer (`new`: insert its row, else update it) and set the conversation's
+        columns `moved` (its current node, `updated_at`); False, writing nothing, when the
+        conversation is gone. One statement on PostgreSQL."""
+        touch = update(_CONVERSATIONS).where(_CONVERSATIONS.c.id == conversation_id).values(moved)
+        if not self._postgresql:
+            if not self.work.execute(touch).rowcount:  # type: ignore[attr-defined]
+                return False
+            write = insert(_MESSAGES).values(answer) if new else _update_answer(answer)
+            self.work.execute(write)
+            return True
+        parameters = {f"m_{name}": value for name, value in moved.items()}
+        parameters.update({f"a_{name}": value for name, value in answer.items()}, conversation_id=conversation_id)
+        statement = _place_answer(tuple(moved), tuple(answer), new)
+        return bool(self.work.execute(statement, parameters).rowcount)  # type: ignore[attr-defined]
+
+    def name_if_untitled(self, conversation_id: uuid.UUID, title: str) -> None:
+        """Give a generated title, unless the conversation was renamed meanwhile."""
+        self.work.execute(
+            update(Conversation)
+            .where(Conversation.id == conversation_id, Conversation.title == DEFAULT_TITLE)
+            .values(title=title)
+        )
+
+
+class ConversationRepository(Statements):
     """Queries on the conversations and messages tables, bound to one session."""
 
     def __init__(self, session: Session) -> None:
+        super().__init__(session)
         self.session = session
-        bind = session.get_bind()
-        self._postgresql = bind.dialect.name == "postgresql"
 
     # -- conversations -------------------------------------------------------
 
@@ -212,38 +264,6 @@ class ConversationRepository:
             return self.session.execute(_PAGE, parameters).all()
         return self.session.execute(_PAGE_AFTER, {**parameters, "after": after}).all()
 
-    def add_conversation(self, *, nodes: Sequence[dict[str, Any]], **values: Any) -> None:
-        """A new conversation and its first nodes (parents before children): one statement on
-        PostgreSQL (the conversation's insert in a CTE), so it can run outside a transaction."""
-        shared = {"conversation_id": values["id"], "created_at": values["created_at"]}
-        rows = [{**_NODE_DEFAULTS, **node, **shared} for node in nodes]
-        if not self._postgresql:
-            self.session.execute(insert(_CONVERSATIONS).values(values))
-            self.session.execute(insert(_MESSAGES).values(rows))
-            return
-        parameters = {f"c_{name}": value for name, value in values.items()}
-        for n, row in enumerate(rows):
-            parameters.update({f"m{n}_{name}": value for name, value in row.items()})
-        self.session.execute(_new_conversation(tuple(values), tuple(rows[0]), len(rows)), parameters)
-
-    def place_answer(
-        self, conversation_id: uuid.UUID, moved: dict[str, Any], answer: dict[str, Any], *, new: bool
-    ) -> bool:
-        """Write an answer (`new`: insert its row, else update it) and set the conversation's
-        columns `moved` (its current node, `updated_at`); False, writing nothing, when the
-        conversation is gone. One statement on PostgreSQL."""
-        touch = update(_CONVERSATIONS).where(_CONVERSATIONS.c.id == conversation_id).values(moved)
-        if not self._postgresql:
-            if not self.session.execute(touch).rowcount:  # type: ignore[attr-defined]
-                return False
-            write = insert(_MESSAGES).values(answer) if new else _update_answer(answer)
-            self.session.execute(write)
-            return True
-        parameters = {f"m_{name}": value for name, value in moved.items()}
-        parameters.update({f"a_{name}": value for name, value in answer.items()}, conversation_id=conversation_id)
-        statement = _place_answer(tuple(moved), tuple(answer), new)
-        return bool(self.session.execute(statement, parameters).rowcount)  # type: ignore[attr-defined]
-
     def claim(self, owner: str, conversation_id: uuid.UUID, now: datetime) -> Row[Any] | None:
         """Mark new activity on the owner's conversation and read what asking needs, or None.
 
@@ -271,14 +291,6 @@ class ConversationRepository:
             .values(title=title)
         )
         return bool(renamed.rowcount)  # type: ignore[attr-defined]
-
-    def name_if_untitled(self, conversation_id: uuid.UUID, title: str) -> None:
-        """Give a generated title, unless the conversation was renamed meanwhile."""
-        self.session.execute(
-            update(Conversation)
-            .where(Conversation.id == conversation_id, Conversation.title == DEFAULT_TITLE)
-            .values(title=title)
-        )
 
     def delete(self, owner: str, conversation_id: uuid.UUID) -> bool:
         deleted = self.session.execute(

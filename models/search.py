@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Uuid, bindparam, text
+from sqlalchemy import Connection, Engine, Uuid, bindparam, text
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import TextClause
 
+from models.db import bound_engine
 from models.entities import UTCDateTime
 from models.search_text import LETTER, UNSEGMENTED, Query, Term, edge_pattern, is_unsegmented, word_pattern
 
@@ -619,10 +620,10 @@ def _fts_phrase(term: Term) -> str:
 _CAPABILITIES: weakref.WeakKeyDictionary[Engine, frozenset[str]] = weakref.WeakKeyDictionary()
 
 
-def sqlite_capabilities(session: Session) -> frozenset[str]:
+def sqlite_capabilities(session: Session | Connection) -> frozenset[str]:
     """The FTS tables this SQLite database has (none without FTS5, no trigram ones before
     SQLite 3.34); what has no index is matched by reading the texts."""
-    engine = session.get_bind().engine
+    engine = bound_engine(session)
     if engine not in _CAPABILITIES:
         names = session.execute(text("SELECT name FROM sqlite_master WHERE type = 'table'")).scalars()
         _CAPABILITIES[engine] = frozenset(names)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.orm import Session
 
+from models.db import bound_engine
 from models.online_ddl import update_in_batches
 from models.search import DIALOGUE, UNSEGMENTED_GLOB, forget_capabilities, sqlite_capabilities
 
@@ -25,7 +26,7 @@ _BACKGROUND = f"""
 """
 
 
-def index_pending(session: Session, batch: int, owner: str | None = None) -> int | None:
+def index_pending(session: Session | Connection, batch: int, owner: str | None = None) -> int | None:
     """Index up to `batch` pending messages in key order (of `owner`, else anyone's; SQLite:
     anyone's, oldest first); how many were indexed, or None when PostgreSQL could not have
     them. On PostgreSQL one statement.
@@ -34,14 +35,14 @@ def index_pending(session: Session, batch: int, owner: str | None = None) -> int
     catch-up (`search_catch_up()`, migration 0012) waits for them a little: they may be
     rows the background work is indexing, which the search that follows must see.
     """
-    if session.get_bind().dialect.name != "postgresql":
+    if bound_engine(session).dialect.name != "postgresql":
         return _index_pending_sqlite(session, batch)
     if owner is None:
         return session.execute(text(_BACKGROUND), {"batch": batch}).rowcount
     return session.execute(text("SELECT search_catch_up(:owner, :batch)"), {"owner": owner, "batch": batch}).scalar()
 
 
-def _index_pending_sqlite(session: Session, batch: int) -> int:
+def _index_pending_sqlite(session: Session | Connection, batch: int) -> int:
     """SQLite writes one transaction at a time: the oldest `batch` of everyone's."""
     names = sqlite_capabilities(session)
     if "message_words_pending" not in names:

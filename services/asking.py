@@ -17,7 +17,7 @@ from typing import Any
 
 from models.db import Database
 from models.entities import DEFAULT_TITLE, utcnow
-from models.repository import ConversationRepository
+from models.repository import Statements
 from models.statuses import FINISHED, IN_PROGRESS, INTERRUPTED
 from services import tokens
 from services.answer_leases import AnswerLeases
@@ -255,13 +255,13 @@ class AskService:
         chain = [(message.id, message.role, message.content) for message in said]
         new = question.conversation_id is None
         with UnitOfWork(self._db, one_statement=new) as uow:
-            repo = uow.conversations
             if new:
                 conversation_id, path = self.new_conversation(
-                    repo, owner, now, keep=question.store, chain=chain
+                    uow.statements, owner, now, keep=question.store, chain=chain
                 )
                 title, upstream_id = DEFAULT_TITLE, None
             else:
+                repo = uow.conversations
                 if question.store:
                     found = repo.claim(owner, question.conversation_id, now)
                 else:
@@ -303,7 +303,7 @@ class AskService:
 
     def new_conversation(
         self,
-        repo: ConversationRepository,
+        repo: Statements,
         owner: str,
         now: datetime,
         *,
@@ -434,11 +434,11 @@ class AskService:
                        role="assistant", created_at=now)
         mirrored = bool(answer.upstream_message_id)  # the upstream keeps messages under our ids
         with UnitOfWork(self._db, one_statement=not mirrored) as uow:
-            repo = uow.conversations
+            repo = uow.conversations if mirrored else uow.statements
             if not repo.place_answer(turn.conversation_id, moved, row, new=not answer.stored):
                 return
             if mirrored:
-                repo.update_message(turn.user_message_id, upstream_id=turn.request.user_message_id)
+                uow.conversations.update_message(turn.user_message_id, upstream_id=turn.request.user_message_id)
             uow.commit()
         if not answer.stored:
             answer.created_at = now

@@ -46,7 +46,7 @@ class SearchIndexer:
         total, done = 0, 0
         while batches is None or done < batches:
             with UnitOfWork(self._db, one_statement=True) as uow:  # one on PostgreSQL
-                indexed = index_pending(uow.session, self._batch, owner)
+                indexed = index_pending(uow.connection, self._batch, owner)
                 uow.commit()
             total, done = total + (indexed or 0), done + 1
             if indexed is None or indexed < self._batch:

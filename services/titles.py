@@ -114,7 +114,7 @@ class TitleWriter:
         if not title:
             return
         with UnitOfWork(self._db, one_statement=True) as uow:
-            uow.conversations.name_if_untitled(wanted.conversation_id, title)
+            uow.statements.name_if_untitled(wanted.conversation_id, title)
             uow.commit()
 
     def close(self) -> None:

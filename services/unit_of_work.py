@@ -1,5 +1,5 @@
-"""Units of work: one session, one transaction, and the one place where database failures
-become the domain's `DatabaseUnavailable`."""
+"""Units of work: one session (or, for a single statement, one connection), one transaction,
+and the one place where database failures become the domain's `DatabaseUnavailable`."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import logging
 from types import TracebackType
 from typing import Any
 
+from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.orm import Session
 
 from models.db import Database
-from models.repository import ConversationRepository
+from models.repository import ConversationRepository, Statements
 from services.errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
@@ -37,9 +39,12 @@ def unavailable(error: BaseException) -> DatabaseUnavailable | None:
 class UnitOfWork:
     """One session and its transaction: rolled back on exit unless `commit()` was called.
 
-    `one_statement`: the work is a single statement, which PostgreSQL runs outside a
-    transaction (atomic alone, committed when it returns), sparing the BEGIN and COMMIT
-    round trips; on SQLite nothing changes. (psycopg2's `autocommit` switch costs nothing;
+    `one_statement`: the work is a single statement (two on SQLite), which PostgreSQL runs
+    outside a transaction (atomic alone, committed when it returns), sparing the BEGIN and
+    COMMIT round trips. It runs on a Core connection (`connection`, and `statements` on it)
+    rather than a Session (`session` and `conversations`): these are the statements of every
+    ask, and a Session's set-up, transaction bookkeeping and close cost about as much CPU
+    again as the connection itself. (psycopg2's `autocommit` switch costs nothing;
     SQLAlchemy's AUTOCOMMIT isolation level would cost a call into libpq on every checkout.)
 
     `reads_only`: the work only reads, and PostgreSQL runs it outside a transaction too. Each
@@ -47,20 +52,34 @@ class UnitOfWork:
     transaction; only the BEGIN and ROLLBACK round trips go.
     """
 
+    session: Session
+    conversations: ConversationRepository
+    connection: Connection
+    statements: Statements
+
     def __init__(self, db: Database, *, one_statement: bool = False, reads_only: bool = False) -> None:
         self._db = db
+        self._one_statement = one_statement
         self._autocommit = (one_statement or reads_only) and db.engine.dialect.name == "postgresql"
         self._autocommitted: Any = None
+        self._work: Session | Connection | None = None
 
     def __enter__(self) -> UnitOfWork:
-        self.session = self._db.sessions()
-        self.conversations = ConversationRepository(self.session)
+        try:
+            if self._one_statement:
+                self._work = self.connection = self._db.engine.connect()
+                self.statements = Statements(self.connection)
+                pooled = self.connection.connection
+            else:
+                self._work = self.session = self._db.sessions()
+                self.conversations = ConversationRepository(self.session)
+                pooled = self.session.connection().connection if self._autocommit else None
+        except SQLAlchemyError as error:
+            if self._work is not None:
+                self._work.close()
+            raise unavailable(error) or error from error
         if self._autocommit:
-            try:
-                self._autocommitted = self.session.connection().connection.dbapi_connection
-            except SQLAlchemyError as error:
-                self.session.close()
-                raise unavailable(error) or error from error
+            self._autocommitted = pooled.dbapi_connection
             self._autocommitted.autocommit = True
         return self
 
@@ -70,11 +89,12 @@ class UnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        assert self._work is not None
         try:
             if self._autocommitted is not None and not self._autocommitted.closed:
                 self._autocommitted.autocommit = False  # as the pool hands connections out
-            self.session.rollback()
-            self.session.close()
+            self._work.rollback()
+            self._work.close()
         except SQLAlchemyError as error:  # the connection died with the transaction
             if exc is None:
                 raise unavailable(error) or error from error
@@ -85,4 +105,5 @@ class UnitOfWork:
                 raise domain from exc
 
     def commit(self) -> None:
-        self.session.commit()
+        assert self._work is not None
+        self._work.commit()

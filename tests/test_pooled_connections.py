@@ -24,7 +24,7 @@ def test_a_connection_tested_after_resting_serves_a_one_statement_unit(
     try:
         for _ in range(3):  # the same pooled connection, tested on each checkout
             with UnitOfWork(database, one_statement=True) as uow:
-                assert uow.session.execute(text("SELECT 1")).scalar() == 1
+                assert uow.connection.execute(text("SELECT 1")).scalar() == 1
         with UnitOfWork(database) as uow:  # and handed back to ordinary units as they expect
             uow.session.execute(text("CREATE TEMPORARY TABLE t (x int)"))
             uow.session.rollback()
@@ -56,13 +56,13 @@ def test_a_connection_whose_descriptor_is_past_1024_is_handed_out(empty_postgres
         for _ in range(5):
             take_the_low_descriptors()
             with UnitOfWork(database, one_statement=True) as uow:
-                if uow.session.connection().connection.dbapi_connection.fileno() >= 1024:
+                if uow.connection.connection.dbapi_connection.fileno() >= 1024:
                     break
             database.dispose()
         for _ in range(3):  # the same pooled connection, checked on each checkout
             with UnitOfWork(database, one_statement=True) as uow:
-                assert uow.session.connection().connection.dbapi_connection.fileno() >= 1024
-                assert uow.session.execute(text("SELECT 1")).scalar() == 1
+                assert uow.connection.connection.dbapi_connection.fileno() >= 1024
+                assert uow.connection.execute(text("SELECT 1")).scalar() == 1
     finally:
         database.dispose()
         for descriptor in filler:
@@ -83,6 +83,6 @@ def test_a_connection_the_server_closed_while_it_rested_is_replaced_without_an_e
         other.dispose()
         time.sleep(0.2)
         with UnitOfWork(database, one_statement=True) as uow:
-            assert uow.session.execute(text("SELECT pg_backend_pid()")).scalar() != first
+            assert uow.connection.execute(text("SELECT pg_backend_pid()")).scalar() != first
     finally:
         database.dispose()
