@@ -178,9 +178,10 @@ def _update_answer(answer: dict[str, Any]) -> Update:
 
 
 class Statements:
-    """The plain statements that single-statement work runs (every ask runs two: its
-    question's and its answer's). They run on a Core connection there, which costs about
-    half the CPU of a Session (`services/unit_of_work.py`), and on a Session everywhere else.
+    """The plain statements that single-statement and read-only work runs (every ask runs
+    two: its question's and its answer's; every list page and history reads). They run on
+    a Core connection there, which costs about half the CPU of a Session
+    (`services/unit_of_work.py`), and on a Session everywhere else.
     """
 
     def __init__(self, work: Session | Connection) -> None:
@@ -228,6 +229,65 @@ class Statements:
         )
 
 
+    # -- reading, outside a transaction (`UnitOfWork(reads_only=True)`) -------
+
+    def owns(self, owner: str, conversation_id: uuid.UUID) -> bool:
+        """Whether the conversation exists and belongs to `owner`."""
+        query = select(_CONVERSATIONS.c.id).where(
+            _CONVERSATIONS.c.id == conversation_id, _CONVERSATIONS.c.owner == owner
+        )
+        return self.work.execute(query).first() is not None
+
+    def page(
+        self, owner: str, *, limit: int, offset: int = 0, after: uuid.UUID | None = None
+    ) -> Sequence[Row[Any]]:
+        """Summaries `(id, title, created_at, updated_at)`, newest activity first; `after`
+        continues past that conversation of the owner's (an empty page when it has none).
+
+        One statement: the cursor's position is a subquery. A row-value comparison, which the
+        (owner, updated_at, id) index answers directly; the same condition spelled with OR
+        makes PostgreSQL scan every row before the cursor.
+        """
+        parameters: dict[str, Any] = {"owner": owner, "limit": limit, "offset": offset}
+        if after is None:
+            return self.work.execute(_PAGE, parameters).all()
+        return self.work.execute(_PAGE_AFTER, {**parameters, "after": after}).all()
+
+    def tree_header(self, owner: str, conversation_id: uuid.UUID) -> tuple[str, float, float, str | None] | None:
+        """The owner's conversation as its tree shows it: `(title, created_at, updated_at,
+        current_node_id)`, times as epoch seconds and the id as text; None if there is none."""
+        row = self.work.execute(
+            _tree_header_query(self._postgresql), {"owner": owner, "conversation_id": conversation_id}
+        ).first()
+        if row is None:
+            return None
+        return tuple(row) if self._postgresql else self._shown(row)  # type: ignore[return-value]
+
+    def tree(self, conversation_id: uuid.UUID) -> list[Sequence[Any]]:
+        """What `msg/history` shows of a conversation's messages, in creation order (the root
+        first among equals): tuples of `TREE_FIELDS`, the ids as text and the times as epoch
+        seconds (see `_as_shown`).
+
+        Sorted here, not by the database: PostgreSQL scans a conversation's thousand messages
+        by a bitmap of the index and then sorts them, 0.9 of its 1.8 ms; a stable sort of rows
+        that mostly come in order takes Python 0.08 ms."""
+        rows: list[Sequence[Any]] = list(
+            self.work.execute(_tree_query(self._postgresql), {"conversation_id": conversation_id}).all()
+        )
+        if not self._postgresql:
+            rows = [self._shown(row) for row in rows]
+        rows.sort(key=_creation_order)
+        return rows
+
+    @staticmethod
+    def _shown(row: Row[Any]) -> tuple[Any, ...]:
+        """SQLite's row in the terms of `_as_shown` (PostgreSQL writes it so itself)."""
+        return tuple(
+            str(value) if isinstance(value, uuid.UUID) else value.timestamp() if isinstance(value, datetime) else value
+            for value in row
+        )
+
+
 class ConversationRepository(Statements):
     """Queries on the conversations and messages tables, bound to one session."""
 
@@ -248,21 +308,6 @@ class ConversationRepository(Statements):
             return []
         query = select(Conversation).where(Conversation.owner == owner, Conversation.id.in_(conversation_ids))
         return list(self.session.scalars(query))
-
-    def page(
-        self, owner: str, *, limit: int, offset: int = 0, after: uuid.UUID | None = None
-    ) -> Sequence[Row[Any]]:
-        """Summaries `(id, title, created_at, updated_at)`, newest activity first; `after`
-        continues past that conversation of the owner's (an empty page when it has none).
-
-        One statement: the cursor's position is a subquery. A row-value comparison, which the
-        (owner, updated_at, id) index answers directly; the same condition spelled with OR
-        makes PostgreSQL scan every row before the cursor.
-        """
-        parameters: dict[str, Any] = {"owner": owner, "limit": limit, "offset": offset}
-        if after is None:
-            return self.session.execute(_PAGE, parameters).all()
-        return self.session.execute(_PAGE_AFTER, {**parameters, "after": after}).all()
 
     def claim(self, owner: str, conversation_id: uuid.UUID, now: datetime) -> Row[Any] | None:
         """Mark new activity on the owner's conversation and read what asking needs, or None.
@@ -320,40 +365,6 @@ class ConversationRepository(Statements):
             .where(Message.conversation_id == conversation_id)
             .order_by(Message.created_at, Message.parent_id.is_not(None))
         ).all()
-
-    def tree_header(self, owner: str, conversation_id: uuid.UUID) -> tuple[str, float, float, str | None] | None:
-        """The owner's conversation as its tree shows it: `(title, created_at, updated_at,
-        current_node_id)`, times as epoch seconds and the id as text; None if there is none."""
-        row = self.session.execute(
-            _tree_header_query(self._postgresql), {"owner": owner, "conversation_id": conversation_id}
-        ).first()
-        if row is None:
-            return None
-        return tuple(row) if self._postgresql else self._shown(row)  # type: ignore[return-value]
-
-    def tree(self, conversation_id: uuid.UUID) -> list[Sequence[Any]]:
-        """What `msg/history` shows of a conversation's messages, in creation order (the root
-        first among equals): tuples of `TREE_FIELDS`, the ids as text and the times as epoch
-        seconds (see `_as_shown`).
-
-        Sorted here, not by the database: PostgreSQL scans a conversation's thousand messages
-        by a bitmap of the index and then sorts them, 0.9 of its 1.8 ms; a stable sort of rows
-        that mostly come in order takes Python 0.08 ms."""
-        rows: list[Sequence[Any]] = list(
-            self.session.execute(_tree_query(self._postgresql), {"conversation_id": conversation_id}).all()
-        )
-        if not self._postgresql:
-            rows = [self._shown(row) for row in rows]
-        rows.sort(key=_creation_order)
-        return rows
-
-    @staticmethod
-    def _shown(row: Row[Any]) -> tuple[Any, ...]:
-        """SQLite's row in the terms of `_as_shown` (PostgreSQL writes it so itself)."""
-        return tuple(
-            str(value) if isinstance(value, uuid.UUID) else value.timestamp() if isinstance(value, datetime) else value
-            for value in row
-        )
 
     def add_message(self, **values: Any) -> None:
         self.session.execute(insert(Message).values(values))

@@ -51,18 +51,18 @@ class ConversationService:
     ) -> list[ConversationSummary]:
         """Newest activity first. `after` (the last id of the previous page) pages by keyset."""
         with UnitOfWork(self._db, reads_only=True) as uow:
-            rows = uow.conversations.page(owner, limit=limit, offset=offset, after=after)
-            if not rows and after is not None and uow.conversations.owned(owner, after) is None:
+            rows = uow.statements.page(owner, limit=limit, offset=offset, after=after)
+            if not rows and after is not None and not uow.statements.owns(owner, after):
                 raise ConversationNotFound(f"Conversation {after} (the 'after' cursor) does not exist.")
         return [ConversationSummary(*row) for row in rows]
 
     def history(self, owner: str, conversation_id: uuid.UUID) -> History:
         """The conversation's whole tree in ChatGPT's shape."""
         with UnitOfWork(self._db, reads_only=True) as uow:
-            header = uow.conversations.tree_header(owner, conversation_id)
+            header = uow.statements.tree_header(owner, conversation_id)
             if header is None:
                 raise _missing(conversation_id)
-            messages = uow.conversations.tree(conversation_id)
+            messages = uow.statements.tree(conversation_id)
         return History(*conversation_document(header, messages))
 
     def rename(self, owner: str, conversation_id: uuid.UUID, title: str) -> None:

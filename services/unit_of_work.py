@@ -1,5 +1,6 @@
-"""Units of work: one session (or, for a single statement, one connection), one transaction,
-and the one place where database failures become the domain's `DatabaseUnavailable`."""
+"""Units of work: one session (or, for a single statement or reads, one connection), one
+transaction, and the one place where database failures become the domain's
+`DatabaseUnavailable`."""
 
 from __future__ import annotations
 
@@ -47,9 +48,9 @@ class UnitOfWork:
     again as the connection itself. (psycopg2's `autocommit` switch costs nothing;
     SQLAlchemy's AUTOCOMMIT isolation level would cost a call into libpq on every checkout.)
 
-    `reads_only`: the work only reads, and PostgreSQL runs it outside a transaction too. Each
-    statement sees the data committed when it began, as it would in a READ COMMITTED
-    transaction; only the BEGIN and ROLLBACK round trips go.
+    `reads_only`: the work only reads, on a Core connection too, and PostgreSQL runs it
+    outside a transaction. Each statement sees the data committed when it began, as it
+    would in a READ COMMITTED transaction; only the BEGIN and ROLLBACK round trips go.
     """
 
     session: Session
@@ -59,14 +60,14 @@ class UnitOfWork:
 
     def __init__(self, db: Database, *, one_statement: bool = False, reads_only: bool = False) -> None:
         self._db = db
-        self._one_statement = one_statement
-        self._autocommit = (one_statement or reads_only) and db.engine.dialect.name == "postgresql"
+        self._on_connection = one_statement or reads_only
+        self._autocommit = self._on_connection and db.engine.dialect.name == "postgresql"
         self._autocommitted: Any = None
         self._work: Session | Connection | None = None
 
     def __enter__(self) -> UnitOfWork:
         try:
-            if self._one_statement:
+            if self._on_connection:
                 self._work = self.connection = self._db.engine.connect()
                 self.statements = Statements(self.connection)
                 pooled = self.connection.connection

@@ -104,6 +104,7 @@ def test_another_owners_conversation_is_not_found(asking: AskService, conversati
         asking.ask("bob", Question("Let me in", conversation_id=mine.conversation_id))
     for action in (
         lambda: conversations.history("bob", mine.conversation_id),
+        lambda: conversations.list_conversations("bob", after=mine.conversation_id),  # as a cursor
         lambda: conversations.rename("bob", mine.conversation_id, "Mine now"),
         lambda: conversations.delete("bob", mine.conversation_id),
     ):
