@@ -228,7 +228,6 @@ class Statements:
             .values(title=title)
         )
 
-
     # -- reading, outside a transaction (`UnitOfWork(reads_only=True)`) -------
 
     def owns(self, owner: str, conversation_id: uuid.UUID) -> bool:

@@ -9,9 +9,7 @@ indexed by their triggers.
 from __future__ import annotations
 
 from sqlalchemy import Connection, Engine, text
-from sqlalchemy.orm import Session
 
-from models.db import bound_engine
 from models.online_ddl import update_in_batches
 from models.search import DIALOGUE, UNSEGMENTED_GLOB, forget_capabilities, sqlite_capabilities
 
@@ -26,7 +24,7 @@ _BACKGROUND = f"""
 """
 
 
-def index_pending(session: Session | Connection, batch: int, owner: str | None = None) -> int | None:
+def index_pending(connection: Connection, batch: int, owner: str | None = None) -> int | None:
     """Index up to `batch` pending messages in key order (of `owner`, else anyone's; SQLite:
     anyone's, oldest first); how many were indexed, or None when PostgreSQL could not have
     them. On PostgreSQL one statement.
@@ -35,30 +33,30 @@ def index_pending(session: Session | Connection, batch: int, owner: str | None =
     catch-up (`search_catch_up()`, migration 0012) waits for them a little: they may be
     rows the background work is indexing, which the search that follows must see.
     """
-    if bound_engine(session).dialect.name != "postgresql":
-        return _index_pending_sqlite(session, batch)
+    if connection.dialect.name != "postgresql":
+        return _index_pending_sqlite(connection, batch)
     if owner is None:
-        return session.execute(text(_BACKGROUND), {"batch": batch}).rowcount
-    return session.execute(text("SELECT search_catch_up(:owner, :batch)"), {"owner": owner, "batch": batch}).scalar()
+        return connection.execute(text(_BACKGROUND), {"batch": batch}).rowcount
+    return connection.execute(text("SELECT search_catch_up(:owner, :batch)"), {"owner": owner, "batch": batch}).scalar()
 
 
-def _index_pending_sqlite(session: Session | Connection, batch: int) -> int:
+def _index_pending_sqlite(connection: Connection, batch: int) -> int:
     """SQLite writes one transaction at a time: the oldest `batch` of everyone's."""
-    names = sqlite_capabilities(session)
+    names = sqlite_capabilities(connection)
     if "message_words_pending" not in names:
         return 0  # no FTS5: nothing is indexed, search reads the texts
-    bound = session.execute(
+    bound = connection.execute(
         text("SELECT max(id) FROM (SELECT id FROM message_words_pending ORDER BY id LIMIT :batch)"), {"batch": batch}
     ).scalar_one()
     if bound is None:
         return 0
     chosen = "rowid IN (SELECT id FROM message_words_pending WHERE id <= :bound)"
-    session.execute(
+    connection.execute(
         text(f"INSERT INTO message_words(rowid, content) SELECT rowid, content FROM messages WHERE {chosen}"),
         {"bound": bound},
     )
     if "message_grams" in names:
-        session.execute(
+        connection.execute(
             text(
                 "INSERT INTO message_grams(rowid, content) SELECT rowid, content || char(1, 1) FROM messages"
                 f" WHERE {chosen} AND content GLOB :unsegmented"
@@ -66,11 +64,11 @@ def _index_pending_sqlite(session: Session | Connection, batch: int) -> int:
             {"bound": bound, "unsegmented": UNSEGMENTED_GLOB},
         )
     if "message_fragments" in names:
-        session.execute(
+        connection.execute(
             text(f"INSERT INTO message_fragments(rowid, content) SELECT rowid, content FROM messages WHERE {chosen}"),
             {"bound": bound},
         )
-    return session.execute(text("DELETE FROM message_words_pending WHERE id <= :bound"), {"bound": bound}).rowcount
+    return connection.execute(text("DELETE FROM message_words_pending WHERE id <= :bound"), {"bound": bound}).rowcount
 
 
 def sqlite_tokenizer(language: str) -> str:
@@ -114,8 +112,8 @@ def _reindex_sqlite(engine: Engine, language: str) -> None:
     transaction that marks every message pending, then indexed a batch per transaction, as
     the service's own catch-up does (it may take part)."""
     forget_capabilities(engine)
-    with Session(engine) as session:
-        tables = sqlite_capabilities(session)
+    with engine.connect() as connection:
+        tables = sqlite_capabilities(connection)
     if "message_words" not in tables:
         return  # no FTS5: search reads the texts
     with engine.begin() as connection:  # the triggers find a table at every moment
@@ -140,9 +138,8 @@ def _reindex_sqlite(engine: Engine, language: str) -> None:
         )
     forget_capabilities(engine)
     while True:
-        with Session(engine) as session:
-            indexed = index_pending(session, BATCH)
-            session.commit()
+        with engine.begin() as connection:
+            indexed = index_pending(connection, BATCH)
         if not indexed:
             return
 
