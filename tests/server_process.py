@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from fakes.net import free_port
+from tests.launcher import LaunchedProcess, launch, launchable
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,13 +22,17 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 class ServerProcess:
     """`python app.py [args]` with the given environment; `url` once `start()` returns.
 
-    `args` may instead start with "-c" to run other Python code as the server.
+    `args` may instead start with "-c" to run other Python code as the server. `app.py` is
+    forked from the test process's launcher (`tests/launcher.py`) unless `fresh`, or unless
+    only a fresh interpreter would behave the same (other code, another directory).
     """
 
     def __init__(
-        self, env: dict[str, str], *args: str, port: int | None = None, cwd: Path = PROJECT_ROOT
+        self, env: dict[str, str], *args: str, port: int | None = None, cwd: Path = PROJECT_ROOT,
+        fresh: bool = False,
     ) -> None:
         self.cwd = cwd
+        self.fresh = fresh
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = args
@@ -38,20 +43,23 @@ class ServerProcess:
             "WORKERS": "1",
             **env,
         }
-        self.process: subprocess.Popen[str] | None = None
+        self.process: subprocess.Popen[str] | LaunchedProcess | None = None
         self.output = ""
 
     def start(self, timeout: float = 60.0) -> ServerProcess:
         # A file, not a pipe: a busy server would fill a pipe nobody reads and freeze on a log line.
-        self._log = tempfile.TemporaryFile(mode="w+")
-        self.process = subprocess.Popen(
-            [sys.executable, *(self.args if self.args[:1] == ("-c",) else ("app.py", *self.args))],
-            cwd=self.cwd,
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        self._log = tempfile.NamedTemporaryFile(mode="w+")  # noqa: SIM115 - closed with this object
+        if self.fresh or self.args[:1] == ("-c",) or not launchable(self.env, self.cwd):
+            self.process = subprocess.Popen(
+                [sys.executable, *(self.args if self.args[:1] == ("-c",) else ("app.py", *self.args))],
+                cwd=self.cwd,
+                env=self.env,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        else:
+            self.process = launch(list(self.args), self.env, Path(self._log.name))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

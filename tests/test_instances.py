@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -18,7 +16,8 @@ from sqlalchemy import create_engine, text
 from fakes.openai_upstream import FakeOpenAI, Reply
 from tests.conftest import UPSTREAM_KEY
 from tests.helpers import check_tree
-from tests.server_process import PROJECT_ROOT, ServerProcess
+from tests import launcher
+from tests.server_process import ServerProcess
 
 pytestmark = pytest.mark.e2e  # the real server process
 
@@ -61,8 +60,8 @@ def instances(env: dict[str, str], postgresql_url: str) -> Iterator[list[ServerP
 
 def keys_command(env: dict[str, str], *args: str) -> str:
     """`python app.py keys ...`, as an operator runs it next to the instances."""
-    done = subprocess.run([sys.executable, "app.py", "keys", *args], cwd=PROJECT_ROOT, env=ServerProcess(env).env,
-                          capture_output=True, text=True, timeout=60, check=True)
+    done = launcher.run(["keys", *args], ServerProcess(env).env, timeout=60)
+    done.check_returncode()
     return done.stdout.strip()
 
 

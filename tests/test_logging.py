@@ -95,7 +95,8 @@ def test_json_log_lines_from_the_real_server(database_url: str, fake_upstream: F
         "GENERATE_TITLES": "false",
         "LOG_FORMAT": "json",
     }
-    with ServerProcess(env) as server:
+    # A fresh interpreter: what it prints while importing the app must be JSON too.
+    with ServerProcess(env, fresh=True) as server:
         answer = server.post("ask", {"prompt": "SECRET-PROMPT-44"}, headers={"X-Request-ID": "json-1"})
         assert answer.headers["X-Request-ID"] == "json-1"
     lines = [json.loads(line) for line in server.output.splitlines() if line]  # each line JSON

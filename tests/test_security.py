@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import subprocess
-import sys
 import uuid
 from typing import Any
 
@@ -25,9 +23,9 @@ from fakes.openai_upstream import FakeOpenAI
 from models.entities import ApiKey, Conversation, Message
 from models.key_changes import READ_GENERATION
 from services.api_keys import ApiKeys
+from tests import launcher
 from tests.conftest import make_settings
 from tests.helpers import check_tree, error_of, ok, post
-from tests.server_process import PROJECT_ROOT
 
 
 def new_key(app: Flask, name: str) -> str:
@@ -275,10 +273,7 @@ def test_allow_unauthenticated_opens_a_non_loopback_server(database_url: str, fa
 
 def test_serve_refuses_a_non_loopback_host_without_keys_and_says_why(database_url: str) -> None:
     env = {"DATABASE_URL": database_url, "HOST": "0.0.0.0", "PORT": str(free_port()), "WORKERS": "1"}
-    process = subprocess.run(
-        [sys.executable, "app.py"], cwd=PROJECT_ROOT, env={**_base_env(), **env},
-        capture_output=True, text=True, timeout=60,
-    )
+    process = launcher.run([], {**_base_env(), **env}, timeout=60)
     assert process.returncode == 1, process.stdout + process.stderr
     assert "Refusing to serve on 0.0.0.0" in process.stderr
     assert "keys create" in process.stderr and "ALLOW_UNAUTHENTICATED=true" in process.stderr

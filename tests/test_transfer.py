@@ -27,6 +27,7 @@ from services.api_keys import ApiKeys
 from services.transfer import ConversationTransfer, read_export
 from services.unit_of_work import UnitOfWork
 from tests.helpers import ask, check_tree, history, ok, post
+from tests import launcher
 from tests.server_process import PROJECT_ROOT
 
 EXPORT = Path(__file__).parent / "data" / "chatgpt_export.json"
@@ -195,10 +196,7 @@ def test_what_is_not_a_conversation_is_counted_and_skipped(app: Flask, tmp_path:
 
 
 def run_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DATABASE_URL": database_url}
-    return subprocess.run(
-        [sys.executable, "app.py", *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
+    return launcher.run(list(args), {**os.environ, "DATABASE_URL": database_url}, timeout=300)
 
 
 def test_the_commands_import_a_zip_and_export_a_file(database_url: str, tmp_path: Path) -> None:
