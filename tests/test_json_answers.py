@@ -14,11 +14,22 @@ from hypothesis import strategies as st
 from api.bodies import JSONProvider
 
 
-def provider(*, debug: bool = False) -> JSONProvider:
+def _app_with_our_provider(debug: bool) -> Flask:
     app = Flask(__name__)
     app.debug = debug
     app.json = JSONProvider(app)
-    return app.json
+    return app
+
+
+_APPS = {debug: _app_with_our_provider(debug) for debug in (False, True)}
+"""Kept for the module's lifetime: a provider holds its app weakly, and an app made inside
+`provider()` could be collected before the provider was used (a flaky ReferenceError)."""
+
+
+def provider(*, debug: bool = False) -> JSONProvider:
+    json = _APPS[debug].json
+    assert isinstance(json, JSONProvider)
+    return json
 
 
 JSON_VALUES = st.recursive(
