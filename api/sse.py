@@ -68,9 +68,11 @@ class EventPump:
 
     def close(self) -> None:
         """Ask the reader to stop; after an interruption, wait for it (up to the time it was
-        given) to store the answer."""
+        given) to store the answer. (The garbage collector may close an abandoned response
+        on any thread, the reader's own included, which must not wait for itself.)"""
         self._stopped.set()
-        self._reader.join(self._settle)
+        if threading.current_thread() is not self._reader:
+            self._reader.join(self._settle)
 
     def interrupt(self, error: ServiceError, settle: float) -> None:
         """End the stream now with `error`; the reader stops at its next event and stores the

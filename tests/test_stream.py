@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import threading
+import uuid
+from collections.abc import Iterator
 
 import pytest
 from flask.testing import FlaskClient
 
+from api.sse import EventPump
+from api.v1.chunk_stream import ChunkPump
 from fakes.openai_upstream import Fail, FakeOpenAI, Hang, Reply
+from services.asking import Answer, AnswerEvent
 from tests.helpers import ask, error_of, history, sse_events, sse_json, wait_until
 
 
@@ -130,3 +136,23 @@ def test_upstream_timeout_after_headers_is_an_error_event(client: FlaskClient, f
     text = stream(client).get_data(as_text=True)
     assert "event: error" in text and "upstream_timeout" in text
     assert text.endswith("data: [DONE]\n\n")
+
+
+AN_EVENT = AnswerEvent(Answer(uuid.uuid4(), uuid.uuid4(), "gpt-test", "after"), "after")
+
+
+@pytest.mark.parametrize(("pump_class", "item"), [(EventPump, AN_EVENT), (ChunkPump, {"choices": []})])
+def test_a_pump_closed_on_its_own_reader_thread_does_not_wait_for_itself(pump_class: type, item: object) -> None:
+    """A response body nobody closed is closed by the garbage collector, on whichever thread
+    collects: once that was the pump's own reader, whose `join` of itself raised."""
+    made = threading.Event()
+    pumps: list = []
+
+    def items() -> Iterator[object]:
+        made.wait(5)
+        pumps[0].close()  # on the reader thread, as the collector did
+        yield item
+
+    pumps.append(pump_class(items()))
+    made.set()
+    assert pumps[0].get(5) == item
