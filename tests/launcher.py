@@ -14,12 +14,17 @@ each on stdout. `launch` and `run` are the test side.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import runpy
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +79,7 @@ class LaunchedProcess:
             os.kill(self.pid, sig)
 
     def kill(self) -> None:
-        self.send_signal(9)
+        self.send_signal(signal.SIGKILL)
 
 
 def launchable(env: dict[str, str], cwd: Path) -> bool:
@@ -134,10 +139,8 @@ def _serve() -> None:
     # would inherit.
     fork, waitpid, sleep = (monkey.get_original(module, name) for module, name in
                             (("os", "fork"), ("os", "waitpid"), ("time", "sleep")))
-    import time
-
     requests, answers = sys.stdin, sys.stdout
-    started: set[int] = set()
+    running: set[int] = set()
     for line in requests:
         request = json.loads(line)
         if request["op"] == "start":
@@ -145,7 +148,7 @@ def _serve() -> None:
             pid = fork()
             if pid == 0:
                 _run_app(request)
-            started.add(pid)
+            running.add(pid)
             answer: dict[str, Any] = {"pid": pid}
         else:
             deadline = None if request["timeout"] is None else time.monotonic() + request["timeout"]
@@ -154,22 +157,20 @@ def _serve() -> None:
                 if done or (deadline is not None and time.monotonic() >= deadline):
                     break
                 sleep(0.01)
+            if done:
+                running.discard(done)
             answer = {"status": os.waitstatus_to_exitcode(status) if done else None}
         answers.write(json.dumps(answer) + "\n")
         answers.flush()
-    for pid in started:  # the test process is gone: so are its servers
+    for pid in running:  # the test process is gone: so are its servers (never a reaped pid)
         try:
-            os.kill(pid, 9)
+            os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
 
 
 def _run_app(request: dict[str, Any]) -> None:
     """In the fork: become `python app.py *args` and never return."""
-    import atexit
-    import runpy
-    import signal
-
     code = 1
     try:
         os.chdir(PROJECT_ROOT)
@@ -196,8 +197,6 @@ def _run_app(request: dict[str, Any]) -> None:
         except KeyboardInterrupt:
             code = -signal.SIGINT
         except BaseException:  # noqa: BLE001 - printed as the interpreter would
-            import traceback
-
             traceback.print_exc()
         threading._shutdown()  # type: ignore[attr-defined]  # as the interpreter does on exit
         atexit._run_exitfuncs()
