@@ -84,8 +84,8 @@ class LaunchedProcess:
 
 def launchable(env: dict[str, str], cwd: Path) -> bool:
     """Whether a fork behaves as a fresh `python app.py` would: same code, same interpreter
-    options (no PYTHON* variable that differs from the launcher's own)."""
-    if cwd.resolve() != PROJECT_ROOT:
+    options (no PYTHON* variable that differs from the launcher's own). Windows has no fork."""
+    if not hasattr(os, "fork") or cwd.resolve() != PROJECT_ROOT:
         return False
     return all(env.get(name) == os.environ.get(name) for name in {*env, *os.environ} if name.startswith("PYTHON"))
 
