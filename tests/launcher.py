@@ -9,7 +9,7 @@ signal, as `subprocess` reports it). A test about the interpreter's start itself
 the project from elsewhere, what the first lines of output say) starts a fresh `python`.
 
 Run as `python -m tests.launcher`; it reads one JSON request per line on stdin and answers
-each on stdout. `launch` and `run` are the test side.
+each on stdout. `start` and `run` are the test side.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -90,33 +90,36 @@ def launchable(env: dict[str, str], cwd: Path) -> bool:
     return all(env.get(name) == os.environ.get(name) for name in {*env, *os.environ} if name.startswith("PYTHON"))
 
 
-def launch(args: list[str], env: dict[str, str], stdout: Path, stderr: Path | None = None) -> LaunchedProcess:
-    """`python app.py *args` with `env`, its output appended to `stdout` (and `stderr`, or
-    the same file); stdin is empty."""
-    answer = Launcher.ask(
-        op="start", args=args, env=env, stdout=str(stdout), stderr=str(stderr or stdout)
-    )
+def start(
+    args: list[str], env: dict[str, str], stdout: IO[str], stderr: IO[str], *, cwd: Path = PROJECT_ROOT,
+    fresh: bool = False,
+) -> subprocess.Popen[str] | LaunchedProcess:
+    """`python app.py *args` (or, when `args` start with "-c", other code) with `env`, its
+    output appended to the named files `stdout` and `stderr` (they may be one), stdin empty:
+    forked from the launcher unless `fresh` or only a fresh interpreter would behave the same."""
+    if fresh or args[:1] == ["-c"] or not launchable(env, cwd):
+        return subprocess.Popen(
+            [sys.executable, *(args if args[:1] == ["-c"] else ["app.py", *args])],
+            cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, text=True,
+        )
+    answer = Launcher.ask(op="start", args=args, env=env, stdout=stdout.name, stderr=stderr.name)
     return LaunchedProcess(answer["pid"], ["app.py", *args])
 
 
 def run(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
-    """`subprocess.run([python, "app.py", *args], env=env, capture_output=True, text=True,
-    timeout=timeout)` from the project's root, forked from the launcher when it can be."""
-    if not launchable(env, PROJECT_ROOT):
-        return subprocess.run(
-            [sys.executable, "app.py", *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
-            timeout=timeout,
-        )
-    with tempfile.TemporaryDirectory() as directory:
-        out, err = Path(directory, "stdout"), Path(directory, "stderr")
-        process = launch(args, env, out, err)
+    """Like `subprocess.run([python, "app.py", *args], env=env, capture_output=True,
+    text=True, timeout=timeout)` from the project's root, through `start`."""
+    with tempfile.NamedTemporaryFile("w+") as out, tempfile.NamedTemporaryFile("w+") as err:
+        process = start(args, env, out, err)
         try:
             status = process.wait(timeout)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
             raise
-        return subprocess.CompletedProcess(["app.py", *args], status, out.read_text(), err.read_text())
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(["app.py", *args], status, out.read(), err.read())
 
 
 # The launcher's side.

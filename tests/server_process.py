@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -14,9 +13,7 @@ from typing import Any
 import httpx
 
 from fakes.net import free_port
-from tests.launcher import LaunchedProcess, launch, launchable
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from tests.launcher import PROJECT_ROOT, LaunchedProcess, start
 
 
 class ServerProcess:
@@ -49,17 +46,7 @@ class ServerProcess:
     def start(self, timeout: float = 60.0) -> ServerProcess:
         # A file, not a pipe: a busy server would fill a pipe nobody reads and freeze on a log line.
         self._log = tempfile.NamedTemporaryFile(mode="w+")  # noqa: SIM115 - closed with this object
-        if self.fresh or self.args[:1] == ("-c",) or not launchable(self.env, self.cwd):
-            self.process = subprocess.Popen(
-                [sys.executable, *(self.args if self.args[:1] == ("-c",) else ("app.py", *self.args))],
-                cwd=self.cwd,
-                env=self.env,
-                stdout=self._log,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        else:
-            self.process = launch(list(self.args), self.env, Path(self._log.name))
+        self.process = start(list(self.args), self.env, self._log, self._log, cwd=self.cwd, fresh=self.fresh)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

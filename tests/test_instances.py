@@ -14,9 +14,9 @@ import redis
 from sqlalchemy import create_engine, text
 
 from fakes.openai_upstream import FakeOpenAI, Reply
+from tests import launcher
 from tests.conftest import UPSTREAM_KEY
 from tests.helpers import check_tree
-from tests import launcher
 from tests.server_process import ServerProcess
 
 pytestmark = pytest.mark.e2e  # the real server process

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,8 @@ def test_a_fork_prints_and_exits_as_a_fresh_interpreter(args: list[str], sqlite_
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="the launcher forks: not on Windows")
 def test_a_fork_ended_by_a_signal_is_reported_as_popen_reports_it(tmp_path: Path) -> None:
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'x.sqlite3'}", "HOST": "127.0.0.1", "PORT": "0"}
-    server = launcher.launch([], env, tmp_path / "output")
-    server.kill()
-    assert server.wait(30) == -signal.SIGKILL
+    with tempfile.NamedTemporaryFile("w+") as output:
+        server = launcher.start([], env, output, output)
+        assert isinstance(server, launcher.LaunchedProcess)
+        server.kill()
+        assert server.wait(30) == -signal.SIGKILL

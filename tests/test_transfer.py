@@ -26,8 +26,8 @@ from models.entities import Conversation, Message
 from services.api_keys import ApiKeys
 from services.transfer import ConversationTransfer, read_export
 from services.unit_of_work import UnitOfWork
-from tests.helpers import ask, check_tree, history, ok, post
 from tests import launcher
+from tests.helpers import ask, check_tree, history, ok, post
 from tests.server_process import PROJECT_ROOT
 
 EXPORT = Path(__file__).parent / "data" / "chatgpt_export.json"
