@@ -16,6 +16,7 @@ import json
 import re
 import signal
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -80,6 +81,13 @@ class RecordedRequest:
     body: dict
     headers: dict[str, str]  # names lower-cased
     path: str
+    client: tuple[str, int] | None = None
+    """The client's address and port: requests on one kept-alive connection share it."""
+
+
+def _peer(request: web.Request) -> tuple[str, int] | None:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return (peer[0], peer[1]) if peer else None
 
 
 def split_words(text: str, n: int = 3) -> list[str]:
@@ -157,10 +165,17 @@ class FakeOpenAI(LoopThreadServer):
     thread_name = "fake-openai"
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None, record: bool = True
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        api_key: str | None = None,
+        record: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
         self.port = port
+        self.ssl_context = ssl_context
+        """Serve HTTPS with it (the URL then starts with `https://`)."""
         self.api_key = api_key
         self.record = record
         self.url = ""
@@ -212,10 +227,10 @@ class FakeOpenAI(LoopThreadServer):
         # handler_cancellation: a client that goes away cancels its handler (ends Hang, delays).
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, backlog=LISTEN_BACKLOG)
+        site = web.TCPSite(self._runner, self.host, self.port, backlog=LISTEN_BACKLOG, ssl_context=self.ssl_context)
         await site.start()
         host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}/v1"
+        self.url = f"{'https' if self.ssl_context else 'http'}://{host}:{port}/v1"
 
     async def _shutdown(self) -> None:
         for task in list(self._handlers):
@@ -240,7 +255,7 @@ class FakeOpenAI(LoopThreadServer):
         with self._cond:
             if self.record:
                 headers = {k.lower(): v for k, v in request.headers.items()}
-                self.requests.append(RecordedRequest(body={}, headers=headers, path=request.path))
+                self.requests.append(RecordedRequest(body={}, headers=headers, path=request.path, client=_peer(request)))
                 self._cond.notify_all()
         data = [{"id": name, "object": "model", "created": 1700000000, "owned_by": "fake"} for name in self.models]
         return _json_response(200, {"object": "list", "data": data})
@@ -258,7 +273,7 @@ class FakeOpenAI(LoopThreadServer):
         with self._cond:
             if self.record:
                 headers = {k.lower(): v for k, v in request.headers.items()}
-                self.requests.append(RecordedRequest(body=body, headers=headers, path=request.path))
+                self.requests.append(RecordedRequest(body=body, headers=headers, path=request.path, client=_peer(request)))
                 self._cond.notify_all()
             scripted = self._script.popleft() if self._script else None
         behaviour = scripted or self.default(body)

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import re
-import select
-import selectors
 import time
-from collections.abc import Callable
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
@@ -19,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 import psycopg2
 
 from models import pg_wait
+from models.sockets import readable
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 MIGRATION_FILE = re.compile(r"(\d{4})_\w+\.py")
@@ -103,7 +101,7 @@ def _ping_if_idle(dbapi_connection, record, _proxy) -> None:  # type: ignore[no-
     dropped one shows nothing on its socket). `pool_pre_ping` would ping on every checkout:
     several round trips per ask. SQLAlchemy retries the checkout on `DisconnectionError`."""
     try:
-        said_goodbye = _readable(dbapi_connection.fileno())
+        said_goodbye = readable(dbapi_connection.fileno())
     except (OSError, ValueError, psycopg2.Error) as error:
         raise DisconnectionError(str(error)) from error
     if said_goodbye:
@@ -117,33 +115,6 @@ def _ping_if_idle(dbapi_connection, record, _proxy) -> None:  # type: ignore[no-
         dbapi_connection.autocommit = False
     except psycopg2.Error as error:
         raise DisconnectionError(str(error)) from error
-
-
-def _native_poll() -> Callable[[], Any] | None:
-    """`select.poll` as the OS has it, even under gevent's monkey-patching: a zero-timeout
-    poll never blocks, and gevent's cooperative one costs a trip through its hub (3 % of a
-    worker's CPU under load, with its selectors). None where there is no poll (Windows)."""
-    try:
-        from gevent.monkey import get_original
-
-        return get_original("select", "poll")  # type: ignore[no-any-return]
-    except (ImportError, AttributeError):
-        return getattr(select, "poll", None)
-
-
-_POLL = _native_poll()
-
-
-def _readable(fd: int) -> bool:
-    """Whether `fd` has something to read, now (poll, or a selector where there is none;
-    never select(): a busy worker's descriptors run past its 1,024)."""
-    if _POLL is not None:
-        poller = _POLL()
-        poller.register(fd, select.POLLIN)
-        return bool(poller.poll(0))
-    with selectors.DefaultSelector() as selector:
-        selector.register(fd, selectors.EVENT_READ)
-        return bool(selector.select(0))
 
 
 def _set_statement_timeout(dbapi_connection, _record, *, seconds: float) -> None:  # type: ignore[no-untyped-def]

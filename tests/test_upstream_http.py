@@ -5,7 +5,10 @@ from a slow one. Provider level, against the fake upstream over real HTTP."""
 
 from __future__ import annotations
 
+import ssl
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -36,7 +39,8 @@ def test_answers_share_one_kept_alive_connection() -> None:
         for n in range(5):
             fake.script(Reply(text=f"Answer {n} here"))
             assert text_of(upstream.stream_reply(QUESTION)) == f"Answer {n} here"
-        assert fake.nodelay_flags() == [True]  # one connection, without Nagle's delay
+        assert len({request.client for request in fake.requests}) == 1  # one connection...
+        assert fake.nodelay_flags() == [True]  # ...without Nagle's delay
         assert fake.requests[-1].headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
 
 
@@ -90,3 +94,39 @@ def test_a_stream_cut_before_its_finish_ends_without_a_finish_reason(fake_upstre
         for chunk in provider(fake_upstream.url).stream_reply(QUESTION):
             chunks.append(chunk)
     assert text_of(chunks) == "Half an " and not any(chunk.finish_reason for chunk in chunks)
+
+
+def test_an_https_upstream_is_verified_against_the_systems_certificates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key, certificate = tmp_path / "key.pem", tmp_path / "certificate.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(certificate)],
+        check=True, capture_output=True,
+    )
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(certificate, key)
+    with FakeOpenAI(api_key=UPSTREAM_KEY, ssl_context=served) as fake:
+        url = fake.url.replace("127.0.0.1", "localhost")
+        with pytest.raises(UpstreamError) as failed:  # a certificate nobody vouches for
+            list(provider(url, retries=0).stream_reply(QUESTION))
+        assert failed.value.message == "Could not reach the upstream (connection failed or was cut)."
+        assert not fake.requests
+        monkeypatch.setenv("SSL_CERT_FILE", str(certificate))  # now the system trusts it
+        upstream = provider(url)
+        for n in range(3):
+            fake.script(Reply(text=f"Secret {n}"))
+            assert text_of(upstream.stream_reply(QUESTION)) == f"Secret {n}"
+        assert len({request.client for request in fake.requests}) == 1  # kept alive under TLS too
+
+
+def test_a_kept_alive_connection_the_upstream_closed_is_replaced_before_use() -> None:
+    port = free_port()
+    upstream = provider(f"http://127.0.0.1:{port}/v1", retries=0)
+    with FakeOpenAI(port=port) as first:
+        for _ in range(2):
+            assert text_of(upstream.stream_reply(QUESTION)) == "Echo: Hi"
+        assert len({request.client for request in first.requests}) == 1  # kept
+    with FakeOpenAI(port=port):  # the kept connection was closed with the first
+        assert text_of(upstream.stream_reply(QUESTION)) == "Echo: Hi"  # no retry allowed, none needed
