@@ -37,10 +37,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Update
-from sqlalchemy.sql.elements import TextClause
 
 from models.db import bound_engine
 from models.entities import DEFAULT_TITLE, ChatCompletion, Conversation, Message, UTCDateTime
+from models.prepared import Prepared
 from models.statuses import FINISHED, IN_PROGRESS, INTERRUPTED
 
 MESSAGE_COLUMNS = tuple(Message.__table__.columns)
@@ -88,7 +88,7 @@ def _path_query(conversation_id: uuid.UUID, message_id: uuid.UUID) -> Select[Any
 
 
 @functools.cache
-def _new_conversation(columns: tuple[str, ...], node_columns: tuple[str, ...], nodes: int) -> TextClause:
+def _new_conversation(columns: tuple[str, ...], node_columns: tuple[str, ...], nodes: int) -> Prepared:
     """PostgreSQL: a conversation and its `nodes` first messages in one statement, written once
     per shape with named parameters (`c_<column>`, `m<n>_<column>`). Plain SQL, because
     SQLAlchemy compiles an INSERT holding an INSERT anew on every execution."""
@@ -100,7 +100,7 @@ def _new_conversation(columns: tuple[str, ...], node_columns: tuple[str, ...], n
     )
     types = [bindparam(f"c_{name}", type_=_CONVERSATIONS.c[name].type) for name in columns]
     types += [bindparam(f"m{n}_{name}", type_=_MESSAGES.c[name].type) for n in range(nodes) for name in node_columns]
-    return text(sql).bindparams(*types)
+    return Prepared(text(sql).bindparams(*types))
 
 
 _SAVE_PROGRESS = text(
@@ -111,7 +111,7 @@ _SAVE_PROGRESS = text(
 
 
 @functools.cache
-def _place_answer(moved: tuple[str, ...], answer: tuple[str, ...], new: bool) -> TextClause:
+def _place_answer(moved: tuple[str, ...], answer: tuple[str, ...], new: bool) -> Prepared:
     """PostgreSQL: move the conversation (`m_<column>`) and insert or update its answer
     (`a_<column>`) in one statement, written once per shape. Plain SQL for the same reason as
     `_new_conversation`: built with SQLAlchemy's constructs it cost twice the CPU."""
@@ -133,7 +133,7 @@ def _place_answer(moved: tuple[str, ...], answer: tuple[str, ...], new: bool) ->
     types = [bindparam(f"m_{name}", type_=_CONVERSATIONS.c[name].type) for name in moved]
     types += [bindparam(f"a_{name}", type_=_MESSAGES.c[name].type) for name in answer]
     types.append(bindparam("conversation_id", type_=_CONVERSATIONS.c.id.type))
-    return text(touch + write).bindparams(*types)
+    return Prepared(text(touch + write).bindparams(*types))
 
 
 def _as_shown(column: Any, on_postgresql: bool) -> Any:
@@ -200,7 +200,7 @@ class Statements:
         parameters = {f"c_{name}": value for name, value in values.items()}
         for n, row in enumerate(rows):
             parameters.update({f"m{n}_{name}": value for name, value in row.items()})
-        self.work.execute(_new_conversation(tuple(values), tuple(rows[0]), len(rows)), parameters)
+        _new_conversation(tuple(values), tuple(rows[0]), len(rows)).run(self.work, parameters)
 
     def place_answer(
         self, conversation_id: uuid.UUID, moved: dict[str, Any], answer: dict[str, Any], *, new: bool
@@ -208,8 +208,8 @@ class Statements:
         """Write an answer (`new`: insert its row, else update it) and set the conversation's
         columns `moved` (its current node, `updated_at`); False, writing nothing, when the
         conversation is gone. One statement on PostgreSQL."""
-        touch = update(_CONVERSATIONS).where(_CONVERSATIONS.c.id == conversation_id).values(moved)
         if not self._postgresql:
+            touch = update(_CONVERSATIONS).where(_CONVERSATIONS.c.id == conversation_id).values(moved)
             if not self.work.execute(touch).rowcount:  # type: ignore[attr-defined]
                 return False
             write = insert(_MESSAGES).values(answer) if new else _update_answer(answer)
@@ -217,8 +217,7 @@ class Statements:
             return True
         parameters = {f"m_{name}": value for name, value in moved.items()}
         parameters.update({f"a_{name}": value for name, value in answer.items()}, conversation_id=conversation_id)
-        statement = _place_answer(tuple(moved), tuple(answer), new)
-        return bool(self.work.execute(statement, parameters).rowcount)  # type: ignore[attr-defined]
+        return bool(_place_answer(tuple(moved), tuple(answer), new).run(self.work, parameters))
 
     def name_if_untitled(self, conversation_id: uuid.UUID, title: str) -> None:
         """Give a generated title, unless the conversation was renamed meanwhile."""

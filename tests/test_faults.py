@@ -8,13 +8,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import create_engine, select
+from sqlalchemy import Connection, create_engine, select, text
 from sqlalchemy.engine import make_url
 
 from app import create_app
@@ -142,6 +144,83 @@ def test_database_lost_while_the_upstream_answers_is_a_503_naming_the_conversati
     tree = history(client, error["conversation_id"])
     assert [n["message"]["content"]["parts"] for n in tree["mapping"].values()
             if n.get("message", {}).get("author", {}).get("role") == "user"] == [["kept"]]
+
+
+WAITING_WRITES = "FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT%'"
+
+
+@dataclass
+class LockedConversations:
+    """Writes to conversations wait while it holds its lock; reads of other tables go on."""
+
+    watcher: Connection
+
+    def write_waiting(self) -> bool:
+        return self.watcher.execute(text(f"SELECT count(*) {WAITING_WRITES}")).scalar_one() > 0
+
+    def end_waiting_writes(self) -> None:
+        """Their connections end as if the server had gone (their statements roll back)."""
+        self.watcher.execute(text(f"SELECT pg_terminate_backend(pid) {WAITING_WRITES}"))
+
+
+@contextmanager
+def conversations_locked(database_url: str) -> Iterator[LockedConversations]:
+    engine = create_engine(database_url)
+    try:
+        watching = engine.execution_options(isolation_level="AUTOCOMMIT")  # pg_stat_activity anew each time
+        with engine.connect() as locker, watching.connect() as watcher:
+            locker.execute(text("LOCK TABLE conversations IN EXCLUSIVE MODE"))
+            yield LockedConversations(watcher)
+            locker.rollback()
+    finally:
+        engine.dispose()
+
+
+def wait_until(condition: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_connection_lost_in_the_middle_of_an_asks_statement_is_a_503_and_is_replaced(
+    proxied_app: Flask, fake_upstream: FakeOpenAI, empty_postgresql_url: str
+) -> None:
+    """Each of an ask's two statements runs on its connection's own cursor
+    (`models/prepared.py`): a connection lost while one runs is a 503, never a 500, and the
+    pool replaces it."""
+    client = proxied_app.test_client()
+    answers: list[Any] = []
+
+    def ask(body: dict[str, Any]) -> threading.Thread:
+        asking = threading.Thread(target=lambda: answers.append(post(client, "ask", body)))
+        asking.start()
+        return asking
+
+    with conversations_locked(empty_postgresql_url) as locked:  # the question's statement
+        asking = ask({"prompt": "lost"})
+        wait_until(locked.write_waiting)
+        locked.end_waiting_writes()
+    asking.join()
+    error = error_of(answers.pop(), 503)
+    assert error["code"] == "database_unavailable" and "conversation_id" not in error
+    assert not fake_upstream.requests and ok(post(client, "conversation", {})) == []
+
+    fake_upstream.script(Reply(text="not kept", delay=0.3))
+    asking = ask({"prompt": "kept"})
+    fake_upstream.wait_for_requests(1)  # the question is stored: now the answer's statement
+    with conversations_locked(empty_postgresql_url) as locked:
+        wait_until(locked.write_waiting)
+        locked.end_waiting_writes()
+    asking.join()
+    error = error_of(answers.pop(), 503)
+    assert error["code"] == "database_unavailable"
+    tree = history(client, error["conversation_id"])
+    assert [n["message"]["content"]["parts"] for n in tree["mapping"].values()
+            if n.get("message", {}).get("author", {}).get("role") in ("user", "assistant")] == [["kept"]]
+
+    for n in range(3):  # every pooled connection works
+        assert ok(post(client, "ask", {"prompt": f"after {n}"}))["message"] == f"Echo: after {n}"
 
 
 @pytest.mark.e2e
