@@ -13,9 +13,10 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from limits import parse_many
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent
@@ -28,6 +29,17 @@ def default_database_url() -> str:
     return f"sqlite:///{INSTANCE_DIR / 'gpt-api.sqlite3'}"
 
 
+def _http_url(value: str) -> str:
+    """An upstream's base URL: http or https, with a host (the client speaks nothing else)."""
+    url = urlsplit(value)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ValueError(f"{value!r} is not an http:// or https:// URL with a host")
+    return value
+
+
+HttpUrlText = Annotated[str, AfterValidator(_http_url)]
+
+
 class UpstreamSettings(BaseModel):
     """One upstream of `UPSTREAMS` (or of the `UPSTREAMS_FILE`), in priority order."""
 
@@ -36,7 +48,7 @@ class UpstreamSettings(BaseModel):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     """Names it in logs, `/metrics` and each answer's metadata."""
     kind: Literal["openai", "chatgpt"] = "openai"
-    base_url: str | None = None
+    base_url: HttpUrlText | None = None
     """openai: the SDK's default when unset; chatgpt: a backend-api base URL (required)."""
     api_key: str | None = None
     """openai (required; any text for a server that checks none)."""
@@ -89,12 +101,12 @@ class Settings(BaseSettings):
 
     llm_provider: Literal["openai", "chatgpt"] = "openai"
     openai_api_key: str | None = None
-    openai_base_url: str | None = None
+    openai_base_url: HttpUrlText | None = None
     openai_model: str = "gpt-4o-mini"
     system_prompt: str = ""
 
     chatgpt_access_token: str | None = None
-    chatgpt_base_url: str | None = None
+    chatgpt_base_url: HttpUrlText | None = None
     chatgpt_model: str = "text-davinci-002-render-sha"
     chatgpt_proxy: str | None = None
 

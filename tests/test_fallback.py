@@ -493,11 +493,19 @@ def test_upstreams_come_from_a_toml_or_json_file(tmp_path: Path) -> None:
         ([{"name": "one", "api_key": "k"}, {"name": "one", "api_key": "k"}], "a name of its own"),
         ([{"name": "one", "api_key": "k", "modles": ["a"]}], "Extra inputs are not permitted"),
         ([{"name": "a b", "api_key": "k"}], "should match pattern"),
+        ([{"name": "one", "api_key": "k", "base_url": "localhost:8000/v1"}], "not an http:// or https:// URL"),
     ],
 )
 def test_a_wrong_upstream_list_is_refused_at_start_saying_why(upstreams: list[dict[str, Any]], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         make_settings("sqlite://", None, upstreams=upstreams)
+
+
+@pytest.mark.parametrize("url", ["localhost:8000/v1", "ftp://example.com/v1", "https:///v1"])
+def test_a_base_url_the_client_cannot_speak_is_refused_at_start(url: str) -> None:
+    for name in ("openai_base_url", "chatgpt_base_url"):
+        with pytest.raises(ValidationError, match=f"{name}\n.*not an http:// or https:// URL with a host"):
+            make_settings("sqlite://", None, **{name: url})
 
 
 def test_upstreams_and_an_upstreams_file_together_are_refused(tmp_path: Path) -> None:

@@ -130,3 +130,11 @@ def test_a_kept_alive_connection_the_upstream_closed_is_replaced_before_use() ->
         assert len({request.client for request in first.requests}) == 1  # kept
     with FakeOpenAI(port=port):  # the kept connection was closed with the first
         assert text_of(upstream.stream_reply(QUESTION)) == "Echo: Hi"  # no retry allowed, none needed
+
+
+def test_a_key_that_would_break_the_request_head_is_refused_when_the_client_is_made() -> None:
+    with pytest.raises(ValueError, match="line break"):
+        OpenAIProvider(
+            api_key="sk-1\r\nX-Injected: 1", base_url="http://127.0.0.1:1/v1", model="gpt-test",
+            connect_timeout=1.0, read_timeout=1.0, max_retries=0, deadline=1.0,
+        )

@@ -230,6 +230,8 @@ class UpstreamHttp:
         self._tls = ssl.create_default_context() if url.scheme == "https" else None
         self._base_path = url.path
         host = url.netloc.rpartition("@")[2]
+        if "\r" in api_key or "\n" in api_key:  # (urlsplit drops them from the URL)
+            raise ValueError("the upstream's key holds a line break")
         self._head = (
             f"Host: {host}\r\nAuthorization: Bearer {api_key}\r\nContent-Type: application/json\r\n"
             "Accept: application/json, text/event-stream\r\nAccept-Encoding: identity\r\n"
