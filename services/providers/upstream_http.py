@@ -102,15 +102,16 @@ class _Connection:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self._expect_response()
+
+    def _expect_response(self) -> None:
         self.message = _Message()
         self._parser = httptools.HttpResponseParser(self.message)
         self.keep_alive = False
 
     def start(self, request: bytes, read_timeout: float) -> None:
         """Send `request`; its response is read anew."""
-        self.message = _Message()
-        self._parser = httptools.HttpResponseParser(self.message)
-        self.keep_alive = False
+        self._expect_response()
         self.sock.settimeout(read_timeout)
         self.sock.sendall(request)
 
@@ -181,8 +182,8 @@ class Response:
         """The body's bytes as they arrive, to its very end."""
         message = self._connection.message
         while True:
-            while message.body:
-                yield message.body.pop(0)
+            arrived, message.body = message.body, []
+            yield from arrived
             if message.done:
                 return
             with _reading():
