@@ -146,7 +146,10 @@ def test_database_lost_while_the_upstream_answers_is_a_503_naming_the_conversati
             if n.get("message", {}).get("author", {}).get("role") == "user"] == [["kept"]]
 
 
-WAITING_WRITES = "FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT%'"
+WAITING_WRITES = (
+    "FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%INSERT%'"
+)
+"""This test database's statements held by the lock (other workers' databases are left alone)."""
 
 
 @dataclass
