@@ -518,19 +518,6 @@ class ConversationRepository(Statements):
 
     # -- import / export -----------------------------------------------------
 
-    def plan_each_check_afresh(self) -> None:
-        """For the rest of this transaction, PostgreSQL plans each statement for its own
-        parameters, foreign-key checks included.
-
-        A connection caches the plan of each foreign-key check generically, made when the
-        table was as small as it then was. An import into a new database starts with empty
-        tables, so every check of a message's parent would go on scanning the whole table
-        as it grows (an import slowing from 3 MB/s to under 1 MB/s), until autovacuum next
-        analyzes it. Planning each check costs microseconds.
-        """
-        if self._postgresql:
-            self.session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
-
     def exists(self, conversation_id: uuid.UUID) -> bool:
         return self.session.scalar(select(Conversation.id).where(Conversation.id == conversation_id)) is not None
 

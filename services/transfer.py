@@ -374,7 +374,6 @@ class ConversationTransfer:
         index = 0
         while True:
             with UnitOfWork(self._db) as uow:
-                uow.conversations.plan_each_check_afresh()
                 pending = 0
                 try:
                     for entry in remaining:

@@ -10,10 +10,15 @@ import time
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 import models.db
+from app import create_app
+from fakes.openai_upstream import FakeOpenAI
 from models.db import Database
 from services.unit_of_work import UnitOfWork
+from tests.conftest import make_settings
+from tests.helpers import ask, ok, post
 
 
 def test_a_connection_tested_after_resting_serves_a_one_statement_unit(
@@ -86,3 +91,61 @@ def test_a_connection_the_server_closed_while_it_rested_is_replaced_without_an_e
             assert uow.connection.execute(text("SELECT pg_backend_pid()")).scalar() != first
     finally:
         database.dispose()
+
+
+@pytest.mark.parametrize("own_database_url", ["postgresql"], indirect=True)
+def test_asks_into_a_table_that_grew_unanalyzed_still_check_parents_by_index(
+    own_database_url: str, fake_upstream: FakeOpenAI
+) -> None:
+    """A connection caches each foreign-key check's plan, made for the table as it first
+    saw it: on a fresh database, a scan of an empty `messages`, kept as the table grows
+    until autovacuum analyzes it. Every pooled connection plans each check afresh
+    (`models/db.py`), so the asks after the table grew still find parents by index."""
+    app = create_app(make_settings(own_database_url, fake_upstream.url, migrate_on_start=True, db_pool_size=1))
+    client = app.test_client()
+    engine = create_engine(own_database_url, poolclass=NullPool)  # each connection reports its counts as it ends
+
+    def asks(label: str, n: int) -> None:
+        """`n` asks, then, a second later, a read on the same (only) pooled connection: a
+        connection reports its counts at the end of a transaction at most once a second,
+        else once it has idled ten."""
+        for k in range(n):
+            ask(client, f"{label} {k}")
+        time.sleep(1.1)
+        ok(post(client, "conversation", {}))
+
+    def seq_scans_once(inserted: int) -> int:
+        """Sequential scans of messages, once the `inserted` rows are reported."""
+        deadline = time.monotonic() + 15
+        while True:
+            with engine.connect() as connection:
+                row = connection.execute(
+                    text("SELECT seq_scan, n_tup_ins FROM pg_stat_user_tables WHERE relname = 'messages'")
+                ).one()
+            if row[1] >= inserted or time.monotonic() > deadline:
+                assert row[1] == inserted
+                return int(row[0])
+            time.sleep(0.05)
+
+    try:
+        with engine.begin() as connection:  # nothing analyzes them behind the test's back
+            connection.execute(text("ALTER TABLE messages SET (autovacuum_enabled = false)"))
+            connection.execute(text("ALTER TABLE conversations SET (autovacuum_enabled = false)"))
+        asks("before", 8)  # the connection's checks planned (generically, after five) on a tiny table
+        with engine.begin() as connection:  # then the table grows (system rows: nothing for search to index)
+            connection.execute(text(
+                "INSERT INTO conversations (id, owner, title, created_at, updated_at) "
+                "VALUES ('00000000-0000-0000-0000-000000000001', 'someone', 'Big', now(), now())"
+            ))
+            connection.execute(text(
+                "INSERT INTO messages (id, conversation_id, role, content, status, created_at) "
+                "SELECT gen_random_uuid(), '00000000-0000-0000-0000-000000000001', 'system', 'filler', "
+                "'finished_successfully', now() FROM generate_series(1, 30000)"
+            ))
+        before = seq_scans_once(8 * 4 + 30000)
+        asks("after", 5)
+        scans = seq_scans_once(13 * 4 + 30000) - before
+        assert scans < 5, f"{scans} sequential scans of messages for 5 asks"
+    finally:
+        app.services.close()
+        engine.dispose()
