@@ -92,3 +92,15 @@ def pending_for_search(engine: Engine) -> int:
             return connection.execute(text("SELECT count(*) FROM message_words_pending")).scalar_one()
         unindexed = "SELECT count(*) FROM messages WHERE role IN ('user', 'assistant') AND search_vector IS NULL"
         return connection.execute(text(unindexed)).scalar_one()
+
+
+def messages_scans_and_inserts(engine: Engine) -> tuple[int, int]:
+    """(sequential scans of `messages`, rows inserted into it), as PostgreSQL's connections
+    have reported them so far (one reports its counts as it ends, or at the end of a
+    transaction a second after its last report, else after idling ten)."""
+    with engine.connect() as connection:
+        connection.execute(text("SELECT pg_stat_clear_snapshot()"))
+        row = connection.execute(
+            text("SELECT seq_scan, n_tup_ins FROM pg_stat_user_tables WHERE relname = 'messages'")
+        ).one()
+        return int(row[0]), int(row[1])

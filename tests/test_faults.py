@@ -24,7 +24,7 @@ from fakes.openai_upstream import Behaviour, Fail, FakeOpenAI, Hang, Reply, Rese
 from fakes.tcp_proxy import TcpProxy
 from models.entities import Message
 from tests.conftest import UPSTREAM_KEY, make_settings
-from tests.helpers import check_tree, error_of, history, ok, post, sse_json
+from tests.helpers import check_tree, error_of, history, ok, post, sse_json, wait_until
 from tests.server_process import ServerProcess
 
 DB_TIMEOUT = 1.0
@@ -177,13 +177,6 @@ def conversations_locked(database_url: str) -> Iterator[LockedConversations]:
             locker.rollback()
     finally:
         engine.dispose()
-
-
-def wait_until(condition: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def test_connection_lost_in_the_middle_of_an_asks_statement_is_a_503_and_is_replaced(

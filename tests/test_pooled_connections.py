@@ -18,7 +18,7 @@ from fakes.openai_upstream import FakeOpenAI
 from models.db import Database
 from services.unit_of_work import UnitOfWork
 from tests.conftest import make_settings
-from tests.helpers import ask, ok, post
+from tests.helpers import ask, messages_scans_and_inserts, ok, post, wait_until
 
 
 def test_a_connection_tested_after_resting_serves_a_one_statement_unit(
@@ -116,16 +116,14 @@ def test_asks_into_a_table_that_grew_unanalyzed_still_check_parents_by_index(
 
     def seq_scans_once(inserted: int) -> int:
         """Sequential scans of messages, once the `inserted` rows are reported."""
-        deadline = time.monotonic() + 15
-        while True:
-            with engine.connect() as connection:
-                row = connection.execute(
-                    text("SELECT seq_scan, n_tup_ins FROM pg_stat_user_tables WHERE relname = 'messages'")
-                ).one()
-            if row[1] >= inserted or time.monotonic() > deadline:
-                assert row[1] == inserted
-                return int(row[0])
-            time.sleep(0.05)
+
+        def reported() -> tuple[int, int] | None:
+            counted = messages_scans_and_inserts(engine)
+            return counted if counted[1] >= inserted else None
+
+        scans, rows = wait_until(reported, timeout=15)
+        assert rows == inserted
+        return scans
 
     try:
         with engine.begin() as connection:  # nothing analyzes them behind the test's back

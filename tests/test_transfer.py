@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, func, select
 
 from cli import cli
 from fakes.openai_upstream import FakeOpenAI, Reply
@@ -27,7 +27,7 @@ from services.api_keys import ApiKeys
 from services.transfer import ConversationTransfer, read_export
 from services.unit_of_work import UnitOfWork
 from tests import launcher
-from tests.helpers import ask, check_tree, history, ok, post
+from tests.helpers import ask, check_tree, history, messages_scans_and_inserts, ok, post
 from tests.server_process import PROJECT_ROOT
 
 EXPORT = Path(__file__).parent / "data" / "chatgpt_export.json"
@@ -305,20 +305,11 @@ def test_an_import_into_an_empty_database_finds_each_parent_by_its_index(databas
     rows = 80 * 13  # with each conversation's empty root
     engine = create_engine(database_url)
 
-    def counts() -> tuple[int, int]:
-        """(sequential scans of messages, rows inserted into it) as reported so far."""
-        with engine.connect() as connection:
-            connection.execute(text("SELECT pg_stat_clear_snapshot()"))
-            row = connection.execute(
-                text("SELECT seq_scan, n_tup_ins FROM pg_stat_user_tables WHERE relname = 'messages'")
-            ).one()
-            return row[0], row[1]
-
-    scans_before, inserted_before = counts()
+    scans_before, inserted_before = messages_scans_and_inserts(engine)
     result = run_import(database_url, export)
     assert result.exit_code == 0, result.output
     deadline = time.monotonic() + 10  # a connection reports its counts when it closes
-    while (counted := counts())[1] - inserted_before < rows and time.monotonic() < deadline:
+    while (counted := messages_scans_and_inserts(engine))[1] - inserted_before < rows and time.monotonic() < deadline:
         time.sleep(0.05)
     scans = counted[0] - scans_before
     engine.dispose()
