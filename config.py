@@ -29,7 +29,7 @@ def default_database_url() -> str:
     return f"sqlite:///{INSTANCE_DIR / 'gpt-api.sqlite3'}"
 
 
-def _http_url(value: str) -> str:
+def http_url(value: str) -> str:
     """An upstream's base URL: http or https, with a host (the client speaks nothing else)."""
     url = urlsplit(value)
     if url.scheme not in ("http", "https") or not url.hostname:
@@ -37,7 +37,7 @@ def _http_url(value: str) -> str:
     return value
 
 
-HttpUrlText = Annotated[str, AfterValidator(_http_url)]
+HttpUrlText = Annotated[str, AfterValidator(http_url)]
 
 
 class UpstreamSettings(BaseModel):

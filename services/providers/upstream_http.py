@@ -3,7 +3,7 @@
 Why not the `openai` SDK, nor urllib3: per answer the SDK cost about 1 ms of CPU more than
 urllib3 (it transforms every argument, builds a request model, and under gevent its httpx
 pool checks the liveness of every idle connection), and urllib3 0.37 ms more than this
-client (0.43 against 0.06 ms per answer of three chunks, measured in one gevent process
+client (0.43 against 0.10 ms per answer of three chunks, measured in one gevent process
 against the fake upstream: its pool manager, `http.client` and `email.parser` for the
 headers), on a path whose whole budget is about 2 ms (`bench/README.md`). Responses are
 parsed by `httptools` (llhttp, the parser of Node.js: status, headers, chunked bodies);
@@ -27,13 +27,14 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
 import httptools
 
+from config import http_url
 from models.sockets import readable
 from services.providers.deadline import Deadline, retry_after_seconds
 
@@ -173,7 +174,7 @@ def _exchange(connection: _Connection, request: bytes, read_timeout: float) -> N
 class Response:
     """An upstream's successful answer, read as JSON or as lines; release it when done."""
 
-    def __init__(self, connection: _Connection, release: Any) -> None:
+    def __init__(self, connection: _Connection, release: Callable[[_Connection], None]) -> None:
         self._connection = connection
         self._release = release
         self.headers: Mapping[str, str] = connection.message.headers
@@ -223,9 +224,8 @@ class UpstreamHttp:
         max_retries: int,
         keep_alive: int = 100,
     ) -> None:
-        url = urlsplit(base_url.rstrip("/"))
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise ValueError(f"not an http(s) URL: {base_url!r}")
+        url = urlsplit(http_url(base_url.rstrip("/")))
+        assert url.hostname is not None  # (http_url checked it)
         self._host = url.hostname
         self._port = url.port or (443 if url.scheme == "https" else 80)
         self._tls = ssl.create_default_context() if url.scheme == "https" else None
@@ -253,9 +253,12 @@ class UpstreamHttp:
         """The upstream's answer to the request, retried within `deadline`; raises an
         `UpstreamHttpError` when no attempt succeeded."""
         attempt = 0
-        payload = b"" if body is None else json.dumps(body, ensure_ascii=False).encode()
-        head = f"{method} {self._base_path}{path} HTTP/1.1\r\n".encode() + self._head
-        request = head + b"Content-Length: %d\r\n\r\n" % len(payload) + payload if body is not None else head + b"\r\n"
+        request = f"{method} {self._base_path}{path} HTTP/1.1\r\n".encode() + self._head
+        if body is None:
+            request += b"\r\n"
+        else:
+            payload = json.dumps(body, ensure_ascii=False).encode()
+            request += b"Content-Length: %d\r\n\r\n" % len(payload) + payload
         while True:
             try:
                 connection = self._send(request, deadline)
