@@ -6,7 +6,7 @@ import json
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from flask import Flask, Response, current_app
 from prometheus_client import Gauge
@@ -25,42 +25,50 @@ HEADERS = {
 }
 
 
-class _End:
-    pass
+class End:
+    """What a pump hands over after the last item."""
 
 
-class EventPump:
-    """Reads the answer on its own thread, so the response can speak while the upstream is silent.
+END = End()
 
-    Closing the pump asks the reader to stop at the next event: it then closes the
-    answer, which cancels the upstream call and stores the text so far.
+T = TypeVar("T")
+
+
+class Pump(Generic[T]):
+    """Reads the items (an answer's events, a completion's chunks) on its own thread, so the
+    response can speak while the upstream is silent.
+
+    Closing the pump asks the reader to stop at the next item: it then closes the items,
+    which cancels the upstream call and stores the answer so far.
     """
 
-    def __init__(self, events: Iterator[AnswerEvent]) -> None:
-        self._events = events
-        self._queue: queue.Queue[AnswerEvent | BaseException | _End] = queue.Queue()
+    def __init__(self, items: Iterator[T], name: str) -> None:
+        self._items = items
+        self._queue: queue.Queue[T | BaseException | End] = queue.Queue()
         self._stopped = threading.Event()
-        self._conversation_id: str | None = None
         self._settle = 0.0
-        self._reader = threading.Thread(target=self._run, name="answer-pump", daemon=True)
+        self._reader = threading.Thread(target=self._run, name=name, daemon=True)
         self._reader.start()
+
+    def _seen(self, item: T) -> None:
+        """Called on the reader's thread with each item, before it is handed over."""
 
     def _run(self) -> None:
         try:
-            for event in self._events:
-                self._conversation_id = str(event.answer.conversation_id)
-                self._queue.put(event)
+            for item in self._items:
+                self._seen(item)
+                self._queue.put(item)
                 if self._stopped.is_set():
                     break
         except BaseException as error:  # handed to the response thread
             self._queue.put(error)
         else:
-            self._queue.put(_End())
+            self._queue.put(END)
         finally:
-            self._events.close()  # type: ignore[attr-defined]
+            self._items.close()  # type: ignore[attr-defined]
 
-    def get(self, timeout: float) -> AnswerEvent | BaseException | _End | None:
-        """The next item, or None after `timeout` seconds of silence."""
+    def get(self, timeout: float) -> T | BaseException | End | None:
+        """The next item, an error, or `END`; None after `timeout` seconds of silence."""
         try:
             return self._queue.get(timeout=timeout)
         except queue.Empty:
@@ -75,17 +83,31 @@ class EventPump:
             self._reader.join(self._settle)
 
     def interrupt(self, error: ServiceError, settle: float) -> None:
-        """End the stream now with `error`; the reader stops at its next event and stores the
+        """End the stream now with `error`; the reader stops at its next item and stores the
         answer as interrupted, which the response waits for up to `settle` seconds."""
-        if self._conversation_id is not None:
-            error.details.setdefault("conversation_id", self._conversation_id)
         self._settle = settle
         self._queue.put(error)
         self._stopped.set()
 
 
+class EventPump(Pump[AnswerEvent]):
+    """An answer's events; an interruption names the answer's conversation."""
+
+    def __init__(self, events: Iterator[AnswerEvent]) -> None:
+        self._conversation_id: str | None = None
+        super().__init__(events, "answer-pump")
+
+    def _seen(self, item: AnswerEvent) -> None:
+        self._conversation_id = str(item.answer.conversation_id)
+
+    def interrupt(self, error: ServiceError, settle: float) -> None:
+        if self._conversation_id is not None:
+            error.details.setdefault("conversation_id", self._conversation_id)
+        super().interrupt(error, settle)
+
+
 class Interruptible(Protocol):
-    """A stream's reader that a shutdown can end (`EventPump`, and `/v1/chat/completions`' `ChunkPump`)."""
+    """A stream's reader that a shutdown can end (a `Pump`)."""
 
     def interrupt(self, error: ServiceError, settle: float) -> None: ...
 
@@ -180,7 +202,7 @@ def stream_response(
         streams.discard(pump)
         pump.close()
         raise first
-    if isinstance(first, _End):  # an answer always ends with a final event; defensive
+    if isinstance(first, End):  # an answer always ends with a final event; defensive
         first = None
     upstream = first.answer.upstream_seconds if first is not None else keep_alive
     open_streams = services().metrics.open_streams
@@ -207,7 +229,7 @@ def _lines(
             item = pump.get(keep_alive)
             if item is None:
                 yield KEEP_ALIVE
-            elif isinstance(item, _End):
+            elif isinstance(item, End):
                 break
             elif isinstance(item, BaseException):
                 yield writer.error(item)

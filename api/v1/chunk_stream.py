@@ -5,8 +5,6 @@ the service stops: the stream is one of the `live_streams` a shutdown ends)."""
 from __future__ import annotations
 
 import json
-import queue
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,63 +13,16 @@ from prometheus_client import Gauge
 
 from api.context import services
 from api.errors import as_service_error, openai_error_body, status_of
-from api.sse import DONE, HEADERS, KEEP_ALIVE, LiveStreams, live_streams
-from services.errors import ServiceError
+from api.sse import DONE, END, HEADERS, KEEP_ALIVE, LiveStreams, Pump, live_streams
 
 Chunk = dict[str, Any]
-END = object()
-"""What the reader hands over after the last chunk."""
 
 
-class ChunkPump:
-    """Reads the chunks on its own thread, so the response can speak while the upstream is silent.
-
-    Closing the pump asks the reader to stop at the next chunk: it then closes the chunks,
-    which cancels the upstream call and stores the answer so far.
-    """
+class ChunkPump(Pump[Chunk]):
+    """A completion's chunks, read on their own thread (`api.sse.Pump`)."""
 
     def __init__(self, chunks: Iterator[Chunk]) -> None:
-        self._chunks = chunks
-        self._queue: queue.Queue[Chunk | BaseException | object] = queue.Queue()
-        self._stopped = threading.Event()
-        self._settle = 0.0
-        self._reader = threading.Thread(target=self._run, name="chunk-pump", daemon=True)
-        self._reader.start()
-
-    def _run(self) -> None:
-        try:
-            for chunk in self._chunks:
-                self._queue.put(chunk)
-                if self._stopped.is_set():
-                    break
-        except BaseException as error:  # handed to the response thread
-            self._queue.put(error)
-        else:
-            self._queue.put(END)
-        finally:
-            self._chunks.close()  # type: ignore[attr-defined]
-
-    def get(self, timeout: float) -> Chunk | BaseException | object | None:
-        """The next item (a chunk, an error, or `END`), or None after `timeout` seconds of silence."""
-        try:
-            return self._queue.get(timeout=timeout)
-        except queue.Empty:
-            return None
-
-    def close(self) -> None:
-        """Ask the reader to stop; after an interruption, wait for it (up to the time it was
-        given) to store the answer. (The garbage collector may close an abandoned response
-        on any thread, the reader's own included, which must not wait for itself.)"""
-        self._stopped.set()
-        if threading.current_thread() is not self._reader:
-            self._reader.join(self._settle)
-
-    def interrupt(self, error: ServiceError, settle: float) -> None:
-        """End the stream now with `error`; the reader stops at its next chunk and stores the
-        answer as interrupted, which the response waits for up to `settle` seconds."""
-        self._settle = settle
-        self._queue.put(error)
-        self._stopped.set()
+        super().__init__(chunks, "chunk-pump")
 
 
 def _data(payload: dict[str, Any]) -> str:
