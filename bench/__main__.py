@@ -3,9 +3,10 @@
 Starts a fake OpenAI upstream with a fixed latency, makes a PostgreSQL database, runs
 `python app.py` on it (titles on, as a user runs it; once more with titles off), drives
 it with wrk and with an asyncio client holding SSE streams open, prints every figure (the
-median of three interleaved runs) beside its floor and its target, optionally beside
-LiteLLM's proxy under the same load (`--litellm PATH`), and cleans up (processes and
-database) however it ends. See bench/README.md.
+median of three interleaved runs) beside its floor and its target, the titles-off asks
+beside a lean reference doing the same storage and nothing else (what the machine allows),
+optionally beside LiteLLM's proxy under the same load (`--litellm PATH`), and cleans up
+(processes and database) however it ends. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from types import FrameType
 
 from sqlalchemy.engine import make_url
 
-from bench import litellm_proxy
+from bench import lean_reference, litellm_proxy
 from bench.context import measure as measure_budget
 from bench.loadgen import LoadResult, Wrk, ensure_wrk
 from bench.processes import Child, start_fake_upstream, start_service, wait_quiet
@@ -220,7 +221,7 @@ class Bench:
                     litellm.stop()
                 service.stop()
                 service = self.service("service-ask-titles-off", upstream, titles=False)
-                sections.append(self.asks_titles_off(service, upstream))
+                sections += self.asks_titles_off(service, upstream)
             service.stop()
             upstream.stop()
         if "streams" in phases:
@@ -398,20 +399,43 @@ class Bench:
                        many["ask"].server_cpu_ms, "ms", higher_is_better=False),
             ])
 
-    def asks_titles_off(self, service: Child, upstream: Child) -> Section:
-        """The same asks with titles off: what an ask alone costs."""
+    def asks_titles_off(self, service: Child, upstream: Child) -> list[Section]:
+        """The same asks with titles off: what an ask alone costs; and beside them, at 1 and at
+        `--concurrency` connections, the lean reference doing the same storage work per ask and
+        nothing else (bench/lean_reference.py): how much of each target the machine leaves."""
         args = self.args
         c = args.concurrency
         direct_url, direct_body = f"{upstream.url}/chat/completions", upstream_body(PROMPT)
         ask_url, ask_body = f"{service.url}/api/chat/ask", {"prompt": PROMPT}
+        log("starting the lean reference")
+        lean = lean_reference.start(self.work_dir, database_url=self.database_url, upstream_url=upstream.url,
+                                    model=MODEL, api_key=UPSTREAM_KEY)
+        self.stack.callback(lean.stop)
+        lean_url = f"{lean.url}/"
         self.load("warm-up ask", service, ask_url, c, ask_body, seconds=2)
-        runs = interleaved({
-            "direct": lambda: self.load("upstream direct", upstream, direct_url, c, direct_body),
-            "ask": lambda: self.load("ask, titles off", service, ask_url, c, ask_body),
-        })
-        ask, direct = runs["ask"], runs["direct"]
-        return Section(f"ask, not streamed, titles off (GENERATE_TITLES=false; median of {REPEATS} interleaved runs "
-                       f"of {args.seconds:g} s each)", [
+        self.load("warm-up lean reference", lean, lean_url, c, ask_body, seconds=2)
+
+        def block(connections: int) -> dict[str, Runs]:
+            return interleaved({
+                "direct": lambda: self.load("upstream direct", upstream, direct_url, connections, direct_body),
+                "ask": lambda: self.load("ask, titles off", service, ask_url, connections, ask_body),
+                "lean": lambda: self.load("lean reference", lean, lean_url, connections, ask_body),
+            })
+
+        one, many = block(1), block(c)
+        lean.stop()
+        ask, direct = many["ask"], many["direct"]
+
+        def added(runs: dict[str, Runs], figure: Callable[[LoadResult], float]) -> tuple[float, float]:
+            return runs["lean"].minus(runs["direct"], figure), runs["ask"].minus(runs["direct"], figure)
+
+        def lean_beside(figure: str, theirs: float, ours: float, unit: str, *, higher_is_better: bool,
+                        note: str = "") -> Row:
+            return beside(figure, theirs, ours, unit, higher_is_better=higher_is_better,
+                          us="gpt-api", them="lean", note=note)
+
+        return [Section(f"ask, not streamed, titles off (GENERATE_TITLES=false; median of {REPEATS} interleaved runs "
+                        f"of {args.seconds:g} s each)", [
             Row(f"via service p50, c={c}, titles off", ask.p50_ms, "ms", note=_errors(ask)),
             Row(f"added p50, c={c}, titles off", ask.minus(direct, p50), "ms"),
             Row(f"added p99, c={c}, titles off", ask.minus(direct, p99), "ms"),
@@ -419,7 +443,19 @@ class Bench:
                 target=Target(600, at_least=True), note=_errors(ask)),
             Row(f"service CPU per ask, c={c}, titles off (all processes)", ask.server_cpu_ms, "ms",
                 target=Target(2.0)),
-        ])
+        ]), Section(
+            f"lean reference beside gpt-api (titles off): the same storage per ask and nothing else, "
+            f"gunicorn/gevent with {os.cpu_count()} workers (bench/lean_reference.py); median of {REPEATS} runs, "
+            "interleaved with ours and the upstream direct", [
+                lean_beside("lean added p50, c=1", *added(one, p50), "ms", higher_is_better=False,
+                            note=_errors(one["lean"])),
+                lean_beside("lean added p99, c=1", *added(one, p99), "ms", higher_is_better=False),
+                lean_beside(f"lean asks per second, c={c}", many["lean"].per_second, ask.per_second, "req/s",
+                            higher_is_better=True, note=_errors(many["lean"])),
+                lean_beside(f"lean added p50, c={c}", *added(many, p50), "ms", higher_is_better=False),
+                lean_beside(f"lean CPU per ask, c={c} (all its processes)", many["lean"].server_cpu_ms,
+                            ask.server_cpu_ms, "ms", higher_is_better=False),
+            ])]
 
     def streams_phase(self) -> Section:
         """Thousands of SSE streams open at once, from an upstream whose answers outlast the ramp."""

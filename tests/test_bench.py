@@ -1,6 +1,7 @@
 """The benchmark's own helpers work: SSE parsing, the stream client, wrk's output, seeding, the
-table and its summary, medians of interleaved runs, the service's settings (titles on), and
-starting LiteLLM's proxy (with a stand-in executable: the real one is tried by hand).
+table and its summary, medians of interleaved runs, the service's settings (titles on), the
+lean reference's storage, and starting LiteLLM's proxy (with a stand-in executable: the real
+one is tried by hand).
 
 No timings are checked here; `python -m bench` measures.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from bench import litellm_proxy
+from bench import lean_reference, litellm_proxy
 from bench.__main__ import ANSWER, MODEL, UPSTREAM_KEY, main, parse_args, service_env, upstream_body
 from bench.context import long_path, measure
 from bench.loadgen import LoadResult, parse_result
@@ -212,6 +213,44 @@ def test_the_bench_upstream_answers_title_requests(tmp_path: Path) -> None:
     finally:
         upstream.stop()
     assert answer["choices"][0]["message"]["content"] == ANSWER
+
+
+def test_the_lean_reference_stores_each_ask_as_the_service_would(empty_postgresql_url: str, tmp_path: Path) -> None:
+    """The bench's yardstick writes what an ask writes: a conversation, its root, the question,
+    and the upstream's whole answer as its current node."""
+    upstream = start_fake_upstream("upstream", tmp_path, latency_ms=0, chunks=3, chunk_delay_ms=0, text=ANSWER)
+    try:
+        lean = lean_reference.start(tmp_path, database_url=empty_postgresql_url, upstream_url=upstream.url,
+                                    model=MODEL, api_key=UPSTREAM_KEY)
+        try:
+            answers = []
+            for prompt in ("first", "second"):
+                request = urllib.request.Request(f"{lean.url}/", json.dumps({"prompt": prompt}).encode(),
+                                                 {"Content-Type": "application/json"})
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    answers.append(json.load(response))
+        finally:
+            lean.stop()
+    finally:
+        upstream.stop()
+    assert [answer["content"] for answer in answers] == [ANSWER, ANSWER]
+    engine = create_engine(empty_postgresql_url)
+    try:
+        with engine.connect() as connection:
+            stored = connection.execute(text(
+                "SELECT c.id, c.current_node_id, m.id, m.parent_id, m.role, m.content, m.model, m.completion_tokens "
+                "FROM conversations c JOIN messages m ON m.conversation_id = c.id ORDER BY c.created_at, m.created_at, "
+                "m.parent_id NULLS FIRST, m.role")).all()
+    finally:
+        engine.dispose()
+    for answer, rows in zip(answers, (stored[:3], stored[3:]), strict=True):
+        root, question, reply = rows
+        assert str(root[0]) == answer["conversation_id"] and str(root[1]) == answer["message_id"] == str(reply[2])
+        assert (root[3], root[4], root[5]) == (None, None, "")
+        assert (question[3], question[4]) == (root[2], "user") and question[5] in ("first", "second")
+        assert (reply[3], reply[4], reply[5], reply[6]) == (question[2], "assistant", ANSWER, MODEL)
+        assert reply[7] is not None  # the upstream's usage, read from the end of its stream
+    assert len(stored) == 6
 
 
 def test_titled_counts_new_conversations_and_their_titles(postgresql_url: str) -> None:
