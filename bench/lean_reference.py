@@ -26,7 +26,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -62,13 +62,14 @@ PLACE_ANSWER = """
 
 
 class _Kept:
-    """Connections of one kind, kept open between uses, at most `limit` at once (a use waits
-    for one beyond that)."""
+    """Connections of one kind, kept open between uses; with a `limit`, at most that many at
+    once (a use waits for one beyond it). One that fails is dropped."""
 
-    def __init__(self, connect: Callable[[], Any], limit: int) -> None:
+    def __init__(self, connect: Callable[[], Any], limit: int | None = None) -> None:
         self._connect = connect
         self._idle: list[Any] = []
-        self._free = threading.BoundedSemaphore(limit)  # cooperative: gunicorn's gevent worker patches threading
+        # Cooperative under gunicorn's gevent worker, which patches threading.
+        self._free: AbstractContextManager[Any] = threading.BoundedSemaphore(limit) if limit else nullcontext()
 
     @contextmanager
     def one(self) -> Iterator[Any]:
@@ -89,7 +90,7 @@ DATABASE_CONNECTIONS = 10
 """Per worker: the statements in flight at once, which hold a connection only while they run.
 The service beside it keeps its own pool open, and PostgreSQL allows 100 connections by default."""
 _databases = _Kept(_database, DATABASE_CONNECTIONS)
-_upstreams = _Kept(lambda: http.client.HTTPConnection(_UPSTREAM.hostname, _UPSTREAM.port, timeout=30), 10_000)
+_upstreams = _Kept(lambda: http.client.HTTPConnection(_UPSTREAM.hostname, _UPSTREAM.port, timeout=30))
 psycopg2.extras.register_uuid()
 
 
