@@ -378,26 +378,12 @@ class Bench:
 
     def litellm_section(self, litellm: Child, one: dict[str, Runs], many: dict[str, Runs]) -> Section:
         """LiteLLM's figures, each with ours (titles on) and the ratio beside it."""
-        c = self.args.concurrency
         name = f"LiteLLM {litellm_proxy.version(self.args.litellm)}".strip()
-
-        def added(runs: dict[str, Runs], figure: Callable[[LoadResult], float]) -> tuple[float, float]:
-            return runs["litellm"].minus(runs["litellm direct"], figure), runs["ask"].minus(runs["direct"], figure)
-
         return Section(
             f"{name} proxy beside gpt-api (titles on), same upstream and load ({os.cpu_count()} workers, no "
             f"database: it stores nothing; no key; median of {REPEATS} runs, interleaved with ours; its added = "
-            "via LiteLLM - the same request direct)", [
-                beside("LiteLLM added p50, c=1", *added(one, p50), "ms", higher_is_better=False,
-                       note=_errors(one["litellm"])),
-                beside("LiteLLM added p99, c=1", *added(one, p99), "ms", higher_is_better=False),
-                beside(f"LiteLLM asks per second, c={c}", many["litellm"].per_second, many["ask"].per_second,
-                       "req/s", higher_is_better=True, note=_errors(many["litellm"])),
-                beside(f"LiteLLM added p50, c={c}", *added(many, p50), "ms", higher_is_better=False),
-                beside(f"LiteLLM added p99, c={c}", *added(many, p99), "ms", higher_is_better=False),
-                beside(f"LiteLLM CPU per ask, c={c} (all its processes)", many["litellm"].server_cpu_ms,
-                       many["ask"].server_cpu_ms, "ms", higher_is_better=False),
-            ])
+            "via LiteLLM - the same request direct)",
+            beside_ours("LiteLLM", one, many, self.args.concurrency, theirs="litellm", direct="litellm direct"))
 
     def asks_titles_off(self, service: Child, upstream: Child) -> list[Section]:
         """The same asks with titles off: what an ask alone costs; and beside them, at 1 and at
@@ -426,14 +412,6 @@ class Bench:
         lean.stop()
         ask, direct = many["ask"], many["direct"]
 
-        def added(runs: dict[str, Runs], figure: Callable[[LoadResult], float]) -> tuple[float, float]:
-            return runs["lean"].minus(runs["direct"], figure), runs["ask"].minus(runs["direct"], figure)
-
-        def lean_beside(figure: str, theirs: float, ours: float, unit: str, *, higher_is_better: bool,
-                        note: str = "") -> Row:
-            return beside(figure, theirs, ours, unit, higher_is_better=higher_is_better,
-                          us="gpt-api", them="lean", note=note)
-
         return [Section(f"ask, not streamed, titles off (GENERATE_TITLES=false; median of {REPEATS} interleaved runs "
                         f"of {args.seconds:g} s each)", [
             Row(f"via service p50, c={c}, titles off", ask.p50_ms, "ms", note=_errors(ask)),
@@ -446,16 +424,8 @@ class Bench:
         ]), Section(
             f"lean reference beside gpt-api (titles off): the same storage per ask and nothing else, "
             f"gunicorn/gevent with {os.cpu_count()} workers (bench/lean_reference.py); median of {REPEATS} runs, "
-            "interleaved with ours and the upstream direct", [
-                lean_beside("lean added p50, c=1", *added(one, p50), "ms", higher_is_better=False,
-                            note=_errors(one["lean"])),
-                lean_beside("lean added p99, c=1", *added(one, p99), "ms", higher_is_better=False),
-                lean_beside(f"lean asks per second, c={c}", many["lean"].per_second, ask.per_second, "req/s",
-                            higher_is_better=True, note=_errors(many["lean"])),
-                lean_beside(f"lean added p50, c={c}", *added(many, p50), "ms", higher_is_better=False),
-                lean_beside(f"lean CPU per ask, c={c} (all its processes)", many["lean"].server_cpu_ms,
-                            ask.server_cpu_ms, "ms", higher_is_better=False),
-            ])]
+            "interleaved with ours and the upstream direct",
+            beside_ours("lean", one, many, c, theirs="lean", direct="direct"))]
 
     def streams_phase(self) -> Section:
         """Thousands of SSE streams open at once, from an upstream whose answers outlast the ramp."""
@@ -532,6 +502,29 @@ def work_directory(keep: bool) -> Iterator[Path]:
 
 
 PHASES = ("budget", "reading", "asks", "streams", "search")
+
+
+def beside_ours(them: str, one: dict[str, Runs], many: dict[str, Runs], c: int, *, theirs: str,
+                direct: str) -> list[Row]:
+    """Their figures at 1 and at `c` connections (`theirs`, added = minus `direct` in the same
+    round), each with ours (`ask` minus `direct`) and the ratio."""
+
+    def added(runs: dict[str, Runs], figure: Callable[[LoadResult], float]) -> tuple[float, float]:
+        return runs[theirs].minus(runs[direct], figure), runs["ask"].minus(runs["direct"], figure)
+
+    def row(figure: str, their: float, our: float, unit: str, *, higher_is_better: bool, note: str = "") -> Row:
+        return beside(f"{them} {figure}", their, our, unit, higher_is_better=higher_is_better, them=them, note=note)
+
+    return [
+        row("added p50, c=1", *added(one, p50), "ms", higher_is_better=False, note=_errors(one[theirs])),
+        row("added p99, c=1", *added(one, p99), "ms", higher_is_better=False),
+        row(f"asks per second, c={c}", many[theirs].per_second, many["ask"].per_second, "req/s",
+            higher_is_better=True, note=_errors(many[theirs])),
+        row(f"added p50, c={c}", *added(many, p50), "ms", higher_is_better=False),
+        row(f"added p99, c={c}", *added(many, p99), "ms", higher_is_better=False),
+        row(f"CPU per ask, c={c} (all its processes)", many[theirs].server_cpu_ms, many["ask"].server_cpu_ms, "ms",
+            higher_is_better=False),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

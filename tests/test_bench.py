@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from bench import lean_reference, litellm_proxy
-from bench.__main__ import ANSWER, MODEL, UPSTREAM_KEY, main, parse_args, service_env, upstream_body
+from bench.__main__ import ANSWER, MODEL, UPSTREAM_KEY, beside_ours, main, parse_args, service_env, upstream_body
 from bench.context import long_path, measure
 from bench.loadgen import LoadResult, parse_result
 from bench.processes import start_fake_upstream
@@ -187,6 +187,25 @@ def test_beside_gives_ours_and_the_ratio_and_which_way_is_better() -> None:
     assert row.note == "gpt-api 500 req/s; gpt-api / LiteLLM = 2.50 (higher is better) (3 errors)"
     assert "(lower is better)" in beside("added p50", 10.0, 4.0, "ms", higher_is_better=False).note
     assert "= n/a" in beside("added p50", 0.0, 4.0, "ms", higher_is_better=False).note
+
+
+def test_beside_ours_compares_each_figure_within_its_rounds() -> None:
+    """LiteLLM and the lean reference are compared to the service by the same rows: their added
+    latency against the request they send, straight, in the same round; ours against ours."""
+    def runs(*p50s: float, cpu_ms: float = 1.0, errors: int = 0) -> Runs:
+        return Runs(tuple(_result(p, p + 5, requests=500, errors=errors, cpu_ms=cpu_ms) for p in p50s))
+
+    one = {"direct": runs(60, 61, 62), "ask": runs(66, 67, 69), "lean": runs(64, 64, 65, errors=1)}
+    many = {"direct": runs(70, 70, 70), "ask": runs(120, 110, 115, cpu_ms=2.0), "lean": runs(80, 79, 81, cpu_ms=1.0)}
+    rows = beside_ours("lean", one, many, 50, theirs="lean", direct="direct")
+    assert [row.figure for row in rows] == [
+        "lean added p50, c=1", "lean added p99, c=1", "lean asks per second, c=50", "lean added p50, c=50",
+        "lean added p99, c=50", "lean CPU per ask, c=50 (all its processes)",
+    ]
+    assert rows[0].value == 3 and rows[0].note == "gpt-api 6.00 ms; gpt-api / lean = 2.00 (lower is better) (3 errors)"
+    assert rows[3].value == 10 and "gpt-api 45.0 ms" in rows[3].note
+    assert rows[5].value == 1.0 and "gpt-api / lean = 2.00" in rows[5].note
+    assert all(row.target is None for row in rows)
 
 
 def test_the_service_runs_with_titles_on_unless_asked_off() -> None:
