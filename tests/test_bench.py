@@ -236,7 +236,8 @@ def test_the_bench_upstream_answers_title_requests(tmp_path: Path) -> None:
 
 def test_the_lean_reference_stores_each_ask_as_the_service_would(empty_postgresql_url: str, tmp_path: Path) -> None:
     """The bench's yardstick writes what an ask writes: a conversation, its root, the question,
-    and the upstream's whole answer as its current node."""
+    and the upstream's whole answer as its current node. PostgreSQL only: the bench runs on
+    PostgreSQL, and the lean reference speaks psycopg2."""
     upstream = start_fake_upstream("upstream", tmp_path, latency_ms=0, chunks=3, chunk_delay_ms=0, text=ANSWER)
     try:
         lean = lean_reference.start(tmp_path, database_url=empty_postgresql_url, upstream_url=upstream.url,
