@@ -85,9 +85,13 @@ class RecordedRequest:
     """The client's address and port: requests on one kept-alive connection share it."""
 
 
-def _peer(request: web.Request) -> tuple[str, int] | None:
+def _recorded(request: web.Request, body: dict) -> RecordedRequest:
+    """What the fake keeps of a request it was sent."""
     peer = request.transport.get_extra_info("peername") if request.transport else None
-    return (peer[0], peer[1]) if peer else None
+    return RecordedRequest(
+        body=body, headers={k.lower(): v for k, v in request.headers.items()}, path=request.path,
+        client=(peer[0], peer[1]) if peer else None,
+    )
 
 
 def split_words(text: str, n: int = 3) -> list[str]:
@@ -254,8 +258,7 @@ class FakeOpenAI(LoopThreadServer):
             return _error_response(401, "Incorrect API key provided.", code="invalid_api_key")
         with self._cond:
             if self.record:
-                headers = {k.lower(): v for k, v in request.headers.items()}
-                self.requests.append(RecordedRequest(body={}, headers=headers, path=request.path, client=_peer(request)))
+                self.requests.append(_recorded(request, {}))
                 self._cond.notify_all()
         data = [{"id": name, "object": "model", "created": 1700000000, "owned_by": "fake"} for name in self.models]
         return _json_response(200, {"object": "list", "data": data})
@@ -272,8 +275,7 @@ class FakeOpenAI(LoopThreadServer):
 
         with self._cond:
             if self.record:
-                headers = {k.lower(): v for k, v in request.headers.items()}
-                self.requests.append(RecordedRequest(body=body, headers=headers, path=request.path, client=_peer(request)))
+                self.requests.append(_recorded(request, body))
                 self._cond.notify_all()
             scripted = self._script.popleft() if self._script else None
         behaviour = scripted or self.default(body)
