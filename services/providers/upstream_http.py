@@ -164,11 +164,15 @@ def _reading() -> Iterator[None]:
         raise UpstreamUnreachable("The connection to the upstream was cut.") from error
 
 
-def _exchange(connection: _Connection, request: bytes, read_timeout: float) -> None:
-    """Send `request` on `connection` and read its response's head."""
-    with _reading():
-        connection.start(request, read_timeout)
-        connection.read_head()
+@contextmanager
+def _connecting() -> Iterator[None]:
+    """Making a connection (TCP, then TLS): the transport's failures as the client's own."""
+    try:
+        yield
+    except TimeoutError as error:
+        raise UpstreamTimedOut("The upstream did not answer in time.") from error
+    except OSError as error:  # refused, unresolvable, unreachable; ssl.SSLError: a certificate that does not verify
+        raise UpstreamUnreachable("Could not reach the upstream.") from error
 
 
 class Response:
@@ -281,7 +285,9 @@ class UpstreamHttp:
         connect_timeout, read_timeout = min(self.connect_timeout, left), min(self.read_timeout, left)
         connection = self._connection(connect_timeout)
         try:
-            _exchange(connection, request, read_timeout)
+            with _reading():
+                connection.start(request, read_timeout)
+                connection.read_head()
         except BaseException:
             connection.close()
             raise
@@ -305,22 +311,15 @@ class UpstreamHttp:
                 connection.close()
                 continue
             return connection
-        try:
+        with _connecting():
             sock = socket.create_connection((self._host, self._port), timeout=connect_timeout)
-        except TimeoutError as error:
-            raise UpstreamTimedOut("The upstream did not answer in time.") from error
-        except OSError as error:  # refused, unresolvable, unreachable
-            raise UpstreamUnreachable("Could not reach the upstream.") from error
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self._tls is not None:
-                sock = self._tls.wrap_socket(sock, server_hostname=self._host)
-        except TimeoutError as error:
-            sock.close()
-            raise UpstreamTimedOut("The upstream did not answer in time.") from error
-        except OSError as error:  # ssl.SSLError among them: a certificate that does not verify
-            sock.close()
-            raise UpstreamUnreachable("Could not reach the upstream.") from error
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self._tls is not None:
+                    sock = self._tls.wrap_socket(sock, server_hostname=self._host)
+            except BaseException:
+                sock.close()
+                raise
         return _Connection(sock)
 
     def _give_back(self, connection: _Connection) -> None:
