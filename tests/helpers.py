@@ -104,3 +104,16 @@ def messages_scans_and_inserts(engine: Engine) -> tuple[int, int]:
             text("SELECT seq_scan, n_tup_ins FROM pg_stat_user_tables WHERE relname = 'messages'")
         ).one()
         return int(row[0]), int(row[1])
+
+
+def messages_scans_once_reported(engine: Engine, inserted: int, timeout: float = 15.0) -> int:
+    """Sequential scans of `messages` so far, once PostgreSQL reports `inserted` rows
+    inserted into it (fails if it does not within `timeout`, or reports more)."""
+
+    def reported() -> tuple[int, int] | None:
+        counted = messages_scans_and_inserts(engine)
+        return counted if counted[1] >= inserted else None
+
+    scans, rows = wait_until(reported, timeout)
+    assert rows == inserted
+    return scans

@@ -18,7 +18,7 @@ from fakes.openai_upstream import FakeOpenAI
 from models.db import Database
 from services.unit_of_work import UnitOfWork
 from tests.conftest import make_settings
-from tests.helpers import ask, messages_scans_and_inserts, ok, post, wait_until
+from tests.helpers import ask, messages_scans_once_reported, ok, post
 
 
 def test_a_connection_tested_after_resting_serves_a_one_statement_unit(
@@ -114,17 +114,6 @@ def test_asks_into_a_table_that_grew_unanalyzed_still_check_parents_by_index(
         time.sleep(1.1)
         ok(post(client, "conversation", {}))
 
-    def seq_scans_once(inserted: int) -> int:
-        """Sequential scans of messages, once the `inserted` rows are reported."""
-
-        def reported() -> tuple[int, int] | None:
-            counted = messages_scans_and_inserts(engine)
-            return counted if counted[1] >= inserted else None
-
-        scans, rows = wait_until(reported, timeout=15)
-        assert rows == inserted
-        return scans
-
     try:
         with engine.begin() as connection:  # nothing analyzes them behind the test's back
             connection.execute(text("ALTER TABLE messages SET (autovacuum_enabled = false)"))
@@ -140,9 +129,9 @@ def test_asks_into_a_table_that_grew_unanalyzed_still_check_parents_by_index(
                 "SELECT gen_random_uuid(), '00000000-0000-0000-0000-000000000001', 'system', 'filler', "
                 "'finished_successfully', now() FROM generate_series(1, 30000)"
             ))
-        before = seq_scans_once(8 * 4 + 30000)
+        before = messages_scans_once_reported(engine, 8 * 4 + 30000)
         asks("after", 5)
-        scans = seq_scans_once(13 * 4 + 30000) - before
+        scans = messages_scans_once_reported(engine, 13 * 4 + 30000) - before
         assert scans < 5, f"{scans} sequential scans of messages for 5 asks"
     finally:
         app.services.close()
