@@ -36,7 +36,7 @@ import psycopg2
 import psycopg2.extras
 from sqlalchemy.engine import make_url
 
-from bench.processes import PROJECT_ROOT, Child, start_http_server
+from bench.processes import PROJECT_ROOT, Child, passed_through, start_http_server
 from fakes.net import free_port
 from models.pg_wait import timed_connection
 
@@ -86,6 +86,8 @@ def _database() -> Any:
 
 
 _UPSTREAM = urlsplit(os.environ.get("LEAN_UPSTREAM", "http://127.0.0.1/v1"))
+_MODEL = os.environ.get("LEAN_MODEL", "")
+_HEADERS = {"Content-Type": "application/json", "Authorization": f"Bearer {os.environ.get('LEAN_KEY', '')}"}
 DATABASE_CONNECTIONS = 10
 """Per worker: the statements in flight at once, which hold a connection only while they run.
 The service beside it keeps its own pool open, and PostgreSQL allows 100 connections by default."""
@@ -103,12 +105,11 @@ def _execute(statement: str, parameters: dict[str, Any]) -> None:
 def _answer(prompt: str) -> tuple[str, dict[str, Any]]:
     """The upstream's streamed answer to `prompt`, read to its end: its text and its usage."""
     body = json.dumps({
-        "model": os.environ["LEAN_MODEL"], "messages": [{"role": "user", "content": prompt}],
+        "model": _MODEL, "messages": [{"role": "user", "content": prompt}],
         "stream": True, "stream_options": {"include_usage": True},
     })
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {os.environ['LEAN_KEY']}"}
     with _upstreams.one() as upstream:
-        upstream.request("POST", f"{_UPSTREAM.path}/chat/completions", body, headers)
+        upstream.request("POST", f"{_UPSTREAM.path}/chat/completions", body, _HEADERS)
         lines = upstream.getresponse().read().split(b"\n")
     text, usage = [], {}
     for line in lines:
@@ -129,7 +130,7 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
     _execute(NEW_CONVERSATION, {**ids, "prompt": prompt, "now": datetime.now(UTC)})
     text, usage = _answer(prompt)
     _execute(PLACE_ANSWER, {
-        **ids, "text": text, "model": os.environ["LEAN_MODEL"], "now": datetime.now(UTC),
+        **ids, "text": text, "model": _MODEL, "now": datetime.now(UTC),
         "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
     })
     out = json.dumps({"conversation_id": str(ids["conversation"]), "message_id": str(ids["answer"]),
@@ -144,7 +145,7 @@ def start(work_dir: Path, *, database_url: str, upstream_url: str, model: str, a
     made by the service's migrations), once it answers."""
     port = free_port()
     env = {
-        **{name: os.environ[name] for name in ("PATH", "LANG", "TMPDIR") if name in os.environ},
+        **passed_through(),
         "PYTHONPATH": str(PROJECT_ROOT),
         "LEAN_DSN": make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False),
         "LEAN_UPSTREAM": upstream_url, "LEAN_MODEL": model, "LEAN_KEY": api_key,

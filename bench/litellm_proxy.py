@@ -17,7 +17,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from bench.processes import Child, start_http_server
+from bench.processes import Child, passed_through, start_http_server
 from fakes.net import free_port
 
 HEALTH = "/health/liveliness"
@@ -31,9 +31,6 @@ SETTINGS = {
     "LITELLM_TELEMETRY_DISABLED": "true",
     "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true",  # no key: it refuses to start otherwise
 }
-PASSED_THROUGH = ("PATH", "LANG", "LC_ALL", "TMPDIR")
-
-
 def executable(value: str) -> Path:
     """`--litellm`'s argument: an executable file (checked before anything starts)."""
     path = Path(value).expanduser()
@@ -63,8 +60,7 @@ def command(litellm: Path, config_path: Path, port: int, workers: int) -> list[s
 
 def environment(home: Path, inherited: Mapping[str, str] = os.environ) -> dict[str, str]:
     """Only what the proxy needs: `PATH` and the locale from `inherited`, `HOME` in the bench's directory."""
-    env = {name: inherited[name] for name in PASSED_THROUGH if name in inherited}
-    return {**env, "HOME": str(home), **SETTINGS}
+    return {**passed_through(inherited), "HOME": str(home), **SETTINGS}
 
 
 def version(litellm: Path) -> str:

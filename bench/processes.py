@@ -13,10 +13,18 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PASSED_THROUGH = ("PATH", "LANG", "LC_ALL", "TMPDIR")
+
+
+def passed_through(inherited: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """`PATH`, the locale and `TMPDIR` of `inherited`, and nothing else: what a server measured
+    beside ours gets of the developer's shell (no `DATABASE_URL`, `OPENAI_API_KEY`, ...)."""
+    return {name: inherited[name] for name in PASSED_THROUGH if name in inherited}
 
 
 def descendants(pid: int) -> list[int]:
