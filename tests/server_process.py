@@ -15,6 +15,10 @@ import httpx
 from fakes.net import free_port
 from tests.launcher import PROJECT_ROOT, LaunchedProcess, start
 
+HTTP = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
+"""The tests' plain HTTP client: a new connection for each request, as with `httpx.post`,
+which would also make a new client, and its TLS context (about 25 ms of CPU), each time."""
+
 
 class ServerProcess:
     """`python app.py [args]` with the given environment; `url` once `start()` returns.
@@ -53,7 +57,7 @@ class ServerProcess:
                 self._collect_output()
                 raise RuntimeError(f"server exited early:\n{self.output}")
             try:
-                httpx.post(f"{self.url}/api/chat/conversation", json={}, timeout=1.0)
+                HTTP.post(f"{self.url}/api/chat/conversation", json={}, timeout=1.0)
                 return self
             except httpx.TransportError:
                 time.sleep(0.1)
@@ -61,7 +65,7 @@ class ServerProcess:
         raise RuntimeError(f"server did not answer in {timeout}s:\n{self.output}")
 
     def post(self, route: str, body: Any, **kwargs: Any) -> httpx.Response:
-        return httpx.post(f"{self.url}/api/chat/{route}", json=body, timeout=30.0, **kwargs)
+        return HTTP.post(f"{self.url}/api/chat/{route}", json=body, timeout=30.0, **kwargs)
 
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 30.0) -> int:
         """Send `sig`, wait for the exit, keep the output; returns the exit code."""

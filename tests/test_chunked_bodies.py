@@ -6,14 +6,13 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 
-import httpx
 import pytest
 from flask.testing import FlaskClient
 
 from fakes.openai_upstream import FakeOpenAI
 from tests.conftest import UPSTREAM_KEY
 from tests.helpers import error_of, ok
-from tests.server_process import ServerProcess
+from tests.server_process import HTTP, ServerProcess
 
 LIMIT = 1024
 PADDED = b'{"limit": 5}' + b" " * (3 * LIMIT)
@@ -52,9 +51,9 @@ def test_the_real_server_answers_a_chunked_body_over_the_limit_with_a_413(
     with ServerProcess(env) as server:
         url = f"{server.url}/api/chat/conversation"
         headers = {"Content-Type": "application/json"}
-        over = httpx.post(url, content=chunks(PADDED), headers=headers, timeout=10)
+        over = HTTP.post(url, content=chunks(PADDED), headers=headers, timeout=10)
         assert over.request.headers["transfer-encoding"] == "chunked"
         assert "content-length" not in over.request.headers
         assert over.status_code == 413 and over.json()["error"]["code"] == "body_too_large"
-        within = httpx.post(url, content=chunks(PADDED[:LIMIT]), headers=headers, timeout=10)
+        within = HTTP.post(url, content=chunks(PADDED[:LIMIT]), headers=headers, timeout=10)
         assert within.status_code == 200 and within.json() == {"response": []}

@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
@@ -25,7 +24,7 @@ from fakes.tcp_proxy import TcpProxy
 from models.entities import Message
 from tests.conftest import UPSTREAM_KEY, make_settings
 from tests.helpers import check_tree, error_of, history, ok, post, sse_json, wait_until
-from tests.server_process import ServerProcess
+from tests.server_process import HTTP, ServerProcess
 
 DB_TIMEOUT = 1.0
 """The apps' DB_TIMEOUT here: a database that stops answering costs a request about
@@ -335,8 +334,8 @@ def test_sigterm_lets_in_flight_answers_finish_and_leaves_no_broken_rows(
         results.append(server.post("ask", {"prompt": prompt}).json())
 
     def streamed(prompt: str) -> None:
-        with httpx.stream("POST", f"{server.url}/api/chat/ask", json={"prompt": prompt, "stream": True},
-                          timeout=30) as response:
+        with HTTP.stream("POST", f"{server.url}/api/chat/ask", json={"prompt": prompt, "stream": True},
+                         timeout=30) as response:
             lines = [line for line in response.iter_lines() if line.startswith("data: ")]
         results.append(lines)
 

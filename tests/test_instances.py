@@ -17,7 +17,7 @@ from fakes.openai_upstream import FakeOpenAI, Reply
 from tests import launcher
 from tests.conftest import UPSTREAM_KEY
 from tests.helpers import check_tree
-from tests.server_process import ServerProcess
+from tests.server_process import HTTP, ServerProcess
 
 pytestmark = pytest.mark.e2e  # the real server process
 
@@ -120,8 +120,8 @@ def test_answers_in_flight_are_capped_across_instances(
     done = threading.Event()
 
     def long_stream() -> None:
-        with httpx.stream("POST", f"{instances[0].url}/api/chat/ask", json={"prompt": "long", "stream": True},
-                          headers={"Authorization": f"Bearer {key}"}, timeout=30) as response:
+        with HTTP.stream("POST", f"{instances[0].url}/api/chat/ask", json={"prompt": "long", "stream": True},
+                         headers={"Authorization": f"Bearer {key}"}, timeout=30) as response:
             for _ in response.iter_lines():
                 pass
         done.set()

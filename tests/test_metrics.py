@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
 import pytest
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -12,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from fakes.openai_upstream import Fail, FakeOpenAI, Reply
 from tests.conftest import UPSTREAM_KEY
 from tests.helpers import ask, error_of, post
-from tests.server_process import ServerProcess
+from tests.server_process import HTTP, ServerProcess
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -108,11 +107,11 @@ def test_workers_share_their_metrics(tmp_path: Path, database_url: str, fake_ups
         sent = 0
         # New connections until both workers have counted some (each writes its own file).
         while sent < 24 or (len(list(metrics_dir.glob("counter_*.db"))) < 2 and sent < 400):
-            assert httpx.get(f"{server.url}/healthz", headers={"Connection": "close"}).status_code == 200
+            assert HTTP.get(f"{server.url}/healthz", headers={"Connection": "close"}).status_code == 200
             sent += 1
         assert len(list(metrics_dir.glob("counter_*.db"))) == 2
         server.post("ask", {"prompt": "hi"})
-        samples = parse(httpx.get(f"{server.url}/metrics").text)
+        samples = parse(HTTP.get(f"{server.url}/metrics").text)
     requests = "gpt_api_http_requests_total"
     assert value(samples, requests, route="/healthz", method="GET", status="200") == sent
     assert value(samples, requests, route="/api/chat/ask", method="POST", status="200") == 1

@@ -19,7 +19,7 @@ from fakes.openai_upstream import FakeOpenAI, Reply
 from models.entities import Message
 from models.statuses import IN_PROGRESS, INTERRUPTED
 from tests.conftest import UPSTREAM_KEY
-from tests.server_process import ServerProcess
+from tests.server_process import HTTP, ServerProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -56,8 +56,8 @@ def test_sigterm_ends_a_stream_outlasting_the_graceful_timeout_with_an_error_and
     exit_code: list[int] = []
     stopping = threading.Thread(target=lambda: exit_code.append(server.stop()))
     try:
-        with httpx.stream("POST", f"{server.url}/api/chat/ask", json={"prompt": "long", "stream": True},
-                          timeout=30) as response:
+        with HTTP.stream("POST", f"{server.url}/api/chat/ask", json={"prompt": "long", "stream": True},
+                         timeout=30) as response:
             received = response.iter_lines()
             lines.append(next(line for line in received if line.startswith("data: ")))
             stopping.start()  # SIGTERM, 8 s before the answer would end
@@ -85,7 +85,7 @@ def test_sigterm_ends_a_chat_completion_stream_too_and_keeps_it(database_url: st
     stopping = threading.Thread(target=lambda: exit_code.append(server.stop()))
     body = {"model": "gpt-test", "messages": [{"role": "user", "content": "long"}], "stream": True}
     try:
-        with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=30) as response:
+        with HTTP.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=30) as response:
             received = response.iter_lines()
             lines.append(next(line for line in received if line.startswith("data: ")))
             stopping.start()
@@ -115,8 +115,8 @@ def test_an_answer_cut_by_a_killed_worker_keeps_its_streamed_text_and_is_marked_
         [worker] = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children").read_text().split()
         seen: list[str] = []
         with pytest.raises(httpx.HTTPError):  # the worker dies under the stream
-            with httpx.stream("POST", f"{server.url}/api/chat/ask", json={"prompt": "long", "stream": True},
-                              timeout=30) as response:
+            with HTTP.stream("POST", f"{server.url}/api/chat/ask", json={"prompt": "long", "stream": True},
+                             timeout=30) as response:
                 for line in response.iter_lines():
                     if line.startswith("data: {"):
                         seen.append(json.loads(line[6:])["response"]["message"])

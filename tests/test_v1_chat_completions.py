@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import httpx
 import openai
 import pytest
 from flask import Flask
@@ -26,6 +25,7 @@ from serving import drain
 from services.message_paths import canonical, path_hashes
 from tests.conftest import make_settings
 from tests.helpers import wait_until
+from tests.server_process import HTTP
 
 TOOLS = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {}}}}]
 CALL = {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a": 40, "b": 2}'}}
@@ -155,7 +155,7 @@ def test_a_completion_passes_through_and_is_stored(
     assert [(m.role, m.content) for m in messages.data] == [("system", "Be brief."), ("user", "Hello")]
     assert all(m.id.startswith("msg_") for m in messages.data)
 
-    unnamed = httpx.post(  # the SDK always names one
+    unnamed = HTTP.post(  # the SDK always names one
         f"{base_url}/chat/completions",
         json={"messages": [user("Hi")]},
         headers={"Authorization": f"Bearer {alice.api_key}"},
@@ -415,7 +415,7 @@ def test_upstream_refusals_keep_their_status_and_bad_requests_name_the_field(
     assert malformed.value.param == "completion_id"
     with pytest.raises(openai.NotFoundError):
         alice.chat.completions.retrieve(f"chatcmpl-{uuid.uuid4().hex}")
-    response = httpx.post(f"{base_url}/chat/completions", content=b"x", headers={"Authorization": f"Bearer {alice.api_key}"})
+    response = HTTP.post(f"{base_url}/chat/completions", content=b"x", headers={"Authorization": f"Bearer {alice.api_key}"})
     assert response.status_code == 415 and response.json()["error"]["type"] == "invalid_request_error"
 
 

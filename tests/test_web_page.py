@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
@@ -35,7 +34,7 @@ from models.db import Database
 from services.api_keys import ApiKeys
 from tests.browser import chromium, page_problems, reset_viewport, set_color_scheme, set_viewport
 from tests.conftest import UPSTREAM_KEY, emptied
-from tests.server_process import ServerProcess
+from tests.server_process import HTTP, ServerProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -554,7 +553,7 @@ def test_a_locked_server_without_upstream_asks_for_a_key_names_the_variable_and_
 
         # Rate limited: another client with the same key used up what the key may ask.
         for _ in range(50):
-            spent = httpx.post(
+            spent = HTTP.post(
                 f"{server.url}/api/chat/conversation", json={}, headers={"Authorization": f"Bearer {key}"}
             )
             if spent.status_code == 429:
