@@ -18,6 +18,7 @@ import openai
 import pytest
 
 from fakes.openai_upstream import FakeOpenAI, Fail, Hang, Reply, Reset, split_words
+from tests.openai_sdk import sdk_client
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-test"
@@ -48,7 +49,7 @@ def fake() -> Iterator[FakeOpenAI]:
 
 @pytest.fixture
 def client(fake: FakeOpenAI) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(api_key=KEY, base_url=fake.url, max_retries=0, timeout=5) as sdk:
+    with sdk_client(fake.url, KEY, max_retries=0, timeout=5) as sdk:
         yield sdk
 
 
@@ -144,14 +145,14 @@ def test_fail_raises_sdk_error(
 def test_sdk_retries_on_429_then_succeeds(fake: FakeOpenAI) -> None:
     fake.script(Fail(status=429, headers={"retry-after-ms": "10"}), Reply(text="after retry"))
 
-    with openai.OpenAI(api_key=KEY, base_url=fake.url, max_retries=1, timeout=5) as sdk:
+    with sdk_client(fake.url, KEY, max_retries=1, timeout=5) as sdk:
         answer = sdk.chat.completions.create(model="m", messages=USER)
     assert answer.choices[0].message.content == "after retry"
     assert len(fake.requests) == 2
 
 
 def test_wrong_key_is_authentication_error(fake: FakeOpenAI) -> None:
-    with openai.OpenAI(api_key="sk-wrong", base_url=fake.url, max_retries=0, timeout=5) as sdk:
+    with sdk_client(fake.url, "sk-wrong", max_retries=0, timeout=5) as sdk:
         with pytest.raises(openai.AuthenticationError) as caught:
             sdk.chat.completions.create(model="m", messages=USER)
     assert caught.value.code == "invalid_api_key"
@@ -310,7 +311,7 @@ def test_standalone_mode() -> None:
         assert process.stdout is not None
         ready = process.stdout.readline().split()
         assert ready[0] == "READY" and ready[1].startswith("http://127.0.0.1:")
-        with openai.OpenAI(api_key="any", base_url=ready[1], max_retries=0, timeout=5) as sdk:
+        with sdk_client(ready[1], "any", max_retries=0, timeout=5) as sdk:
             started = time.monotonic()
             answer = sdk.chat.completions.create(model="m", messages=USER)
             assert time.monotonic() - started >= 0.05

@@ -25,6 +25,7 @@ from serving import drain
 from services.message_paths import canonical, path_hashes
 from tests.conftest import make_settings
 from tests.helpers import wait_until
+from tests.openai_sdk import sdk_client
 from tests.server_process import HTTP
 
 TOOLS = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {}}}}]
@@ -57,7 +58,7 @@ def client_of(app: Flask, base_url: str, name: str) -> Iterator[openai.OpenAI]:
     that make no key expect none)."""
     keys = ApiKeys(app.services.database)
     key = keys.create(name).key
-    yield openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=10)
+    yield sdk_client(base_url, key, max_retries=0, timeout=10)
     keys.revoke(name)
 
 

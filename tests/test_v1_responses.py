@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 from fakes.chatgpt_backend import FakeChatGPTBackend
 from fakes.openai_upstream import Fail, FakeOpenAI, Reply
 from tests.helpers import ok, post, wait_until
-from tests.openai_sdk import bare, base_url, chatgpt_sdk, sdk, sdk_for, stored_rows, tree_of  # noqa: F401
+from tests.openai_sdk import bare, base_url, chatgpt_sdk, sdk, sdk_client, sdk_for, stored_rows, tree_of  # noqa: F401
 
 MODEL = "gpt-test"
 
@@ -338,13 +338,13 @@ def test_unknown_ids_and_other_keys_ids_are_404(
 
 def test_without_keys_the_sdks_placeholder_key_is_the_anonymous_caller(base_url: str, client: FlaskClient) -> None:
     """The SDK cannot leave its key out; a server that needs no key takes any non-key as none."""
-    anonymous = openai.OpenAI(base_url=base_url, api_key="none", max_retries=0)
+    anonymous = sdk_client(base_url, "none", max_retries=0)
     assert anonymous.responses.create(model=MODEL, input="Hi").status == "completed"
     assert len(ok(post(client, "conversation", {}))) == 1  # the six routes' anonymous caller owns it
 
 
 def test_a_wrong_key_is_401(base_url: str, sdk: openai.OpenAI) -> None:
-    stranger = openai.OpenAI(base_url=base_url, api_key="sk-not-a-key", max_retries=0)
+    stranger = sdk_client(base_url, "sk-not-a-key", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as raised:
         stranger.responses.create(model=MODEL, input="Hi")
     assert raised.value.body["type"] == "authentication_error"  # type: ignore[index]
