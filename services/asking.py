@@ -239,8 +239,11 @@ class AskService:
             )
         provider = self._require_provider()
         check_served(provider, question.model or provider.default_model)
-        turn = self._store_question(owner, question, said, provider)
-        return self._answer(turn, provider, write_early=write_early)
+        if question.conversation_id is None:
+            turn, reply = self._start_conversation(owner, question, said, provider)
+        else:
+            turn, reply = self._store_follow_up(owner, question, said, provider), None
+        return self._answer(turn, provider, reply, write_early=write_early)
 
     def _require_provider(self) -> Provider:
         if self._provider is None:
@@ -249,35 +252,72 @@ class AskService:
 
     # -- the question --------------------------------------------------------
 
-    def _store_question(self, owner: str, question: Question, said: Sequence[Said], provider: Provider) -> Turn:
+    def _start_conversation(
+        self, owner: str, question: Question, said: Sequence[Said], provider: Provider
+    ) -> tuple[Turn, Iterator[ReplyChunk] | None]:
+        """A new conversation with the question's messages (nothing stored with `store=False`),
+        and its reply when it was asked for already.
+
+        A new conversation's context is known before it is stored, so the upstream is asked
+        first and the conversation written (one statement) while it works on the answer: the
+        question's commit costs the answer no time. If the write fails, the request is let go
+        (its connection closed) and the request fails with nothing kept. When fitting the
+        context may store a summary on the path (`CONTEXT_STRATEGY=summarize`), the path is
+        stored first and the upstream asked after, as for a follow-up."""
+        conversation_id, path, nodes = self._first_nodes(said)
+        asked_first = question.store and not (self._context is not None and self._context.stores_summaries)
+        turn = reply = None
+        if asked_first:
+            turn = self._turn(conversation_id, question, path, said, DEFAULT_TITLE, None, provider)
+            reply = provider.stream_reply(turn.request)
+        if question.store:
+            try:
+                with UnitOfWork(self._db, one_statement=True) as uow:
+                    self._add_conversation(uow.statements, owner, utcnow(), conversation_id, nodes)
+                    uow.commit()
+            except BaseException:
+                if reply is not None:
+                    reply.close()  # type: ignore[attr-defined]
+                raise
+        if turn is None:
+            turn = self._turn(conversation_id, question, path, said, DEFAULT_TITLE, None, provider)
+        return turn, reply
+
+    def _store_follow_up(self, owner: str, question: Question, said: Sequence[Said], provider: Provider) -> Turn:
         """Store the question's messages under its parent (nothing with `store=False`)."""
+        assert question.conversation_id is not None
         now = utcnow()
-        chain = [(message.id, message.role, message.content) for message in said]
-        new = question.conversation_id is None
-        with UnitOfWork(self._db, one_statement=new) as uow:
-            if new:
-                conversation_id, path = self.new_conversation(
-                    uow.statements, owner, now, keep=question.store, chain=chain
-                )
-                title, upstream_id = DEFAULT_TITLE, None
+        with UnitOfWork(self._db) as uow:
+            repo = uow.conversations
+            if question.store:
+                found = repo.claim(owner, question.conversation_id, now)
             else:
-                repo = uow.conversations
-                if question.store:
-                    found = repo.claim(owner, question.conversation_id, now)
-                else:
-                    found = repo.owned(owner, question.conversation_id)
-                if found is None:
-                    raise ConversationNotFound(f"Conversation {question.conversation_id} does not exist.")
-                conversation_id = question.conversation_id
-                parent_id = question.parent_id or found.current_node_id
-                path = list(repo.path(conversation_id, parent_id)) if parent_id else []
-                if not path:
-                    raise ParentNotFound(f"Message {parent_id} is not part of conversation {conversation_id}.")
-                title, upstream_id = found.title, found.upstream_id
-                if question.store:
-                    repo.add_chain(conversation_id, path[-1].id, chain, status=FINISHED, created_at=now)
+                found = repo.owned(owner, question.conversation_id)
+            if found is None:
+                raise ConversationNotFound(f"Conversation {question.conversation_id} does not exist.")
+            parent_id = question.parent_id or found.current_node_id
+            path = list(repo.path(question.conversation_id, parent_id)) if parent_id else []
+            if not path:
+                raise ParentNotFound(f"Message {parent_id} is not part of conversation {question.conversation_id}.")
+            if question.store:
+                chain = [(message.id, message.role, message.content) for message in said]
+                repo.add_chain(question.conversation_id, path[-1].id, chain, status=FINISHED, created_at=now)
             uow.commit()
-        path.extend(_Node(message.id, message.role, message.content) for message in said)
+        return self._turn(question.conversation_id, question, path, said, found.title, found.upstream_id, provider)
+
+    def _turn(
+        self,
+        conversation_id: uuid.UUID,
+        question: Question,
+        path: Sequence[Any],
+        said: Sequence[Said],
+        title: str,
+        upstream_id: str | None,
+        provider: Provider,
+    ) -> Turn:
+        """The question to answer: its messages after `path`, the request for them (its context
+        fitted), and whether the conversation wants a title."""
+        path = [*path, *(_Node(message.id, message.role, message.content) for message in said)]
         messages = _context(path)
         if question.instructions:
             messages.insert(0, ChatMessage(role="system", content=question.instructions))
@@ -313,46 +353,62 @@ class AskService:
         """A conversation with its root node and system node, as ChatGPT makes them, and the
         messages `chain` `(id, role, content)` under them, all written in one go unless `keep`
         is False; its id and the root and system nodes."""
+        conversation_id, path, nodes = self._first_nodes([Said(role, content, id) for id, role, content in chain])
+        if keep:
+            self._add_conversation(repo, owner, now, conversation_id, nodes)
+        return conversation_id, path
+
+    def _first_nodes(self, said: Sequence[Said]) -> tuple[uuid.UUID, list[Any], list[dict[str, Any]]]:
+        """A new conversation's id, its root and system nodes, and the rows of those nodes and
+        of `said` under them, to be written."""
         conversation_id, root, system = uuid.uuid4(), _Node(uuid.uuid4(), None, ""), _Node(
             uuid.uuid4(), "system", self._system_prompt
         )
-        if not keep:
-            return conversation_id, [root, system]
         nodes = [
             {"id": root.id, "parent_id": None, "role": None, "content": "", "end_turn": None},
             {"id": system.id, "parent_id": root.id, "role": "system", "content": system.content, "end_turn": True},
         ]
         parent_id = system.id
-        for message_id, role, content in chain:
-            nodes.append({"id": message_id, "parent_id": parent_id, "role": role, "content": content,
+        for message in said:
+            nodes.append({"id": message.id, "parent_id": parent_id, "role": message.role, "content": message.content,
                           "end_turn": None})
-            parent_id = message_id
+            parent_id = message.id
+        return conversation_id, [root, system], nodes
+
+    @staticmethod
+    def _add_conversation(
+        repo: Statements, owner: str, now: datetime, conversation_id: uuid.UUID, nodes: list[dict[str, Any]]
+    ) -> None:
         repo.add_conversation(
             id=conversation_id,
             owner=owner,
             title=DEFAULT_TITLE,
             created_at=now,
             updated_at=now,
-            current_node_id=system.id,
+            current_node_id=nodes[1]["id"],
             nodes=nodes,
         )
-        return conversation_id, [root, system]
 
     # -- the answer ----------------------------------------------------------
 
-    def _answer(self, turn: Turn, provider: Provider, *, write_early: bool) -> Iterator[AnswerEvent]:
+    def _answer(
+        self, turn: Turn, provider: Provider, reply: Iterator[ReplyChunk] | None, *, write_early: bool
+    ) -> Iterator[AnswerEvent]:
+        """`reply`: the answer's chunks when they were asked for already, else they are asked for here."""
         answer = Answer(turn.conversation_id, uuid.uuid4(), turn.request.model)
         with _naming_the_conversation(turn.conversation_id):
-            yield from self._stream_answer(turn, provider, answer, write_early=write_early)
+            yield from self._stream_answer(
+                turn, provider, answer, reply if reply is not None else provider.stream_reply(turn.request),
+                write_early=write_early,
+            )
         if turn.wants_title:
             self._titles.submit(turn.conversation_id, replace(
                 turn.request, upstream_conversation_id=answer.upstream_conversation_id
             ), answer.text)
 
     def _stream_answer(
-        self, turn: Turn, provider: Provider, answer: Answer, *, write_early: bool
+        self, turn: Turn, provider: Provider, answer: Answer, chunks: Iterator[ReplyChunk], *, write_early: bool
     ) -> Iterator[AnswerEvent]:
-        chunks = provider.stream_reply(turn.request)
         finished = False
         first_save = time.perf_counter() + (0.0 if write_early else self.leases.save_every)
         try:

@@ -73,6 +73,12 @@ class ContextFitter:
         self._summarizer = summarizer if strategy == "summarize" else None
         self._answering = answering
 
+    @property
+    def stores_summaries(self) -> bool:
+        """Whether fitting may write a summary onto a message of the path (which must then be
+        stored before it is fitted)."""
+        return self._summarizer is not None
+
     def limit(self, model: str, max_tokens: int | None = None) -> int:
         """The tokens a request for `model` may send: the least of the models that may answer it."""
         models = (self._answering(model) if self._answering is not None else None) or (model,)

@@ -130,11 +130,14 @@ def test_database_lost_while_an_answer_streams_ends_it_with_an_error_event(
 
 
 def test_database_lost_while_the_upstream_answers_is_a_503_naming_the_conversation(
-    proxied_app: Flask, proxy: TcpProxy, fake_upstream: FakeOpenAI
+    proxied_app: Flask, proxy: TcpProxy, fake_upstream: FakeOpenAI, empty_postgresql_url: str
 ) -> None:
     client = proxied_app.test_client()
     fake_upstream.script(Reply(text="too late to keep", delay=0.5))
-    cutting = threading.Thread(target=lambda: (fake_upstream.wait_for_requests(1), proxy.cut()))
+    # The upstream is asked as the question is written: the database goes once it is stored.
+    cutting = threading.Thread(target=lambda: (
+        fake_upstream.wait_for_requests(1), wait_until(lambda: questions_stored(empty_postgresql_url) == 1), proxy.cut()
+    ))
     cutting.start()
     error = error_of(post(client, "ask", {"prompt": "kept"}), 503)
     cutting.join()
@@ -165,6 +168,16 @@ class LockedConversations:
         self.watcher.execute(text(f"SELECT pg_terminate_backend(pid) {WAITING_WRITES}"))
 
 
+def questions_stored(database_url: str) -> int:
+    """The user messages stored, read past the app (and its proxy)."""
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(text("SELECT count(*) FROM messages WHERE role = 'user'")).scalar_one()
+    finally:
+        engine.dispose()
+
+
 @contextmanager
 def conversations_locked(database_url: str) -> Iterator[LockedConversations]:
     engine = create_engine(database_url)
@@ -183,7 +196,8 @@ def test_connection_lost_in_the_middle_of_an_asks_statement_is_a_503_and_is_repl
 ) -> None:
     """Each of an ask's two statements runs on its connection's own cursor
     (`models/prepared.py`): a connection lost while one runs is a 503, never a 500, and the
-    pool replaces it."""
+    pool replaces it. A new conversation's upstream is asked as its question is written
+    (`services/asking.py`): when that write fails, the upstream's request is let go."""
     client = proxied_app.test_client()
     answers: list[Any] = []
 
@@ -192,19 +206,23 @@ def test_connection_lost_in_the_middle_of_an_asks_statement_is_a_503_and_is_repl
         asking.start()
         return asking
 
+    fake_upstream.script(Hang())
     with conversations_locked(empty_postgresql_url) as locked:  # the question's statement
         asking = ask({"prompt": "lost"})
         wait_until(locked.write_waiting)
+        fake_upstream.wait_for_requests(1)  # asked already: it works while the question is written...
         locked.end_waiting_writes()
     asking.join()
     error = error_of(answers.pop(), 503)
     assert error["code"] == "database_unavailable" and "conversation_id" not in error
-    assert not fake_upstream.requests and ok(post(client, "conversation", {})) == []
+    assert ok(post(client, "conversation", {})) == []
+    wait_until(lambda: fake_upstream.active_requests == 0)  # ...and is let go when that fails
 
     fake_upstream.script(Reply(text="not kept", delay=0.3))
     asking = ask({"prompt": "kept"})
-    fake_upstream.wait_for_requests(1)  # the question is stored: now the answer's statement
-    with conversations_locked(empty_postgresql_url) as locked:
+    fake_upstream.wait_for_requests(2)
+    wait_until(lambda: questions_stored(empty_postgresql_url) == 1)
+    with conversations_locked(empty_postgresql_url) as locked:  # the answer's statement
         wait_until(locked.write_waiting)
         locked.end_waiting_writes()
     asking.join()

@@ -22,6 +22,7 @@ from services.errors import (
 from services.providers.base import CompletionEvent, CompletionRequest, ReplyChunk, ReplyRequest
 from services.providers.deadline import Deadline, retry_after_seconds, within
 from services.providers.upstream_http import (
+    Sent,
     UpstreamHttp,
     UpstreamHttpError,
     UpstreamStatus,
@@ -178,6 +179,30 @@ def clean_title(raw: str) -> str | None:
     return line[:MAX_TITLE_LENGTH] or None
 
 
+class _Reply(Iterator[ReplyChunk]):
+    """The chunks of a sent request's answer, as they arrive."""
+
+    def __init__(self, sent: Sent, deadline: Deadline) -> None:
+        self._sent = sent
+        self._chunks = self._read(deadline)
+
+    def _read(self, deadline: Deadline) -> Iterator[ReplyChunk]:
+        try:
+            with self._sent.response() as response:
+                yield from reply_chunks(within(deadline, response.lines()))
+        except UpstreamTimedOut as error:
+            raise timed_out(error, deadline) from error
+        except UpstreamHttpError as error:
+            raise upstream_failure(error) from error
+
+    def __next__(self) -> ReplyChunk:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        self._chunks.close()
+        self._sent.close()
+
+
 class OpenAIProvider:
     name = "openai"
 
@@ -205,7 +230,10 @@ class OpenAIProvider:
         )
 
     def stream_reply(self, request: ReplyRequest) -> Iterator[ReplyChunk]:
-        """The answer, retried and cut within UPSTREAM_DEADLINE_SECONDS from now."""
+        """The answer, retried and cut within UPSTREAM_DEADLINE_SECONDS from now. The request
+        is sent at once and its answer read as the chunks are, so the caller may store the
+        question meanwhile (`services/asking.py`); closing the chunks, read or not, lets the
+        request go."""
         body = {
             "model": request.model,
             "messages": [{"role": m.role, "content": m.content} for m in request.messages],
@@ -214,13 +242,7 @@ class OpenAIProvider:
             **request.sampling.given(),
         }
         deadline = Deadline(self._deadline)
-        try:
-            with self._http.request("POST", "/chat/completions", body, deadline=deadline) as response:
-                yield from reply_chunks(within(deadline, response.lines()))
-        except UpstreamTimedOut as error:
-            raise timed_out(error, deadline) from error
-        except UpstreamHttpError as error:
-            raise upstream_failure(error) from error
+        return _Reply(self._http.send("POST", "/chat/completions", body, deadline=deadline), deadline)
 
     def complete(self, request: CompletionRequest) -> CompletionEvent:
         deadline = Deadline(self._deadline)

@@ -215,6 +215,38 @@ class Response:
         self._release(self._connection)
 
 
+class Sent:
+    """A request whose first attempt is on its way: the upstream works on it while the caller
+    does something else (stores the question), then reads the answer or lets it go."""
+
+    def __init__(
+        self, http: UpstreamHttp, request: bytes, deadline: Deadline, first: _Connection | UpstreamHttpError
+    ) -> None:
+        self._http = http
+        self._request = request
+        self._deadline = deadline
+        self._first: _Connection | UpstreamHttpError | None = first
+
+    @contextmanager
+    def response(self) -> Iterator[Response]:
+        """The answer, retried within the deadline; raises an `UpstreamHttpError` when no
+        attempt succeeded. Once only."""
+        first, self._first = self._first, None
+        assert first is not None, "the answer of a request is read once"
+        response = Response(self._http._answered(self._request, self._deadline, first), self._http._give_back)
+        try:
+            yield response
+        finally:
+            response.release()
+
+    def close(self) -> None:
+        """Let the answer go unread: the first attempt's connection is closed (the upstream
+        sees the request cancelled). Nothing once `response()` has begun."""
+        first, self._first = self._first, None
+        if isinstance(first, _Connection):
+            first.close()
+
+
 class UpstreamHttp:
     """One upstream's base URL and key, its kept-alive connections, its timeouts and retries."""
 
@@ -256,37 +288,65 @@ class UpstreamHttp:
     ) -> Iterator[Response]:
         """The upstream's answer to the request, retried within `deadline`; raises an
         `UpstreamHttpError` when no attempt succeeded."""
-        attempt = 0
+        sent = self.send(method, path, body, deadline=deadline)
+        try:
+            with sent.response() as response:
+                yield response
+        finally:
+            sent.close()
+
+    def send(self, method: str, path: str, body: dict[str, Any] | None = None, *, deadline: Deadline) -> Sent:
+        """The request's first attempt sent now; `Sent.response()` reads its answer (and makes
+        any other attempt). Never raises: a failed first attempt is met when the answer is read."""
         request = f"{method} {self._base_path}{path} HTTP/1.1\r\n".encode() + self._head
         if body is None:
             request += b"\r\n"
         else:
             payload = json.dumps(body, ensure_ascii=False).encode()
             request += b"Content-Length: %d\r\n\r\n" % len(payload) + payload
+        try:
+            first: _Connection | UpstreamHttpError = self._start(request, deadline)
+        except UpstreamHttpError as error:
+            first = error
+        return Sent(self, request, deadline, first)
+
+    def _answered(self, request: bytes, deadline: Deadline, first: _Connection | UpstreamHttpError) -> _Connection:
+        """A connection whose response to `request` is a success, its head read: the first
+        attempt's, else the first of the retries that succeeds."""
+        attempt, sent = 0, first
         while True:
             try:
-                connection = self._send(request, deadline)
-                break
+                if isinstance(sent, UpstreamHttpError):
+                    raise sent
+                return self._successful(sent)
             except UpstreamHttpError as error:
                 wait = self._retry_wait(error, attempt, deadline)
                 if wait is None:
                     raise
-                time.sleep(wait)
-                attempt += 1
-        response = Response(connection, self._give_back)
-        try:
-            yield response
-        finally:
-            response.release()
+            time.sleep(wait)
+            attempt += 1
+            try:
+                sent = self._start(request, deadline)
+            except UpstreamHttpError as error:
+                sent = error
 
-    def _send(self, request: bytes, deadline: Deadline) -> _Connection:
-        """A connection whose response to `request` is a success, its head read."""
+    def _start(self, request: bytes, deadline: Deadline) -> _Connection:
+        """A connection with `request` sent on it."""
         left = max(deadline.left(), 0.001)
-        connect_timeout, read_timeout = min(self.connect_timeout, left), min(self.read_timeout, left)
-        connection = self._connection(connect_timeout)
+        connection = self._connection(min(self.connect_timeout, left))
         try:
             with _reading():
-                connection.start(request, read_timeout)
+                connection.start(request, min(self.read_timeout, left))
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _successful(self, connection: _Connection) -> _Connection:
+        """`connection` once the head of a successful response is read on it; closed, and
+        `UpstreamStatus` raised, for an error status."""
+        try:
+            with _reading():
                 connection.read_head()
         except BaseException:
             connection.close()
