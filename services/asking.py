@@ -1,8 +1,9 @@
 """Asking: store the question, stream the upstream's answer, store the answer.
 
 Every database step is its own short unit of work: the user's message is committed
-before the upstream is called, the answer in another unit of work after it, and no
-session is held while the upstream talks.
+before the upstream is called (with `STORE_WHILE_ASKING`, a new conversation's while it
+is), the answer in another unit of work after it, and no session is held while the
+upstream talks.
 """
 
 from __future__ import annotations
@@ -198,8 +199,11 @@ class AskService:
         max_prompt_chars: int | None = None,
         leases: AnswerLeases | None = None,
         context: ContextFitter | None = None,
+        store_while_asking: bool = False,
     ) -> None:
         self._db = db
+        self._store_while_asking = store_while_asking
+        """`STORE_WHILE_ASKING`: a new conversation's upstream is asked as its question is written."""
         self._context = context
         """Fits each request into its model's window (None: the whole path is sent)."""
         self.leases = leases or AnswerLeases(db)
@@ -258,14 +262,18 @@ class AskService:
         """A new conversation with the question's messages (nothing stored with `store=False`),
         and its reply when it was asked for already.
 
-        A new conversation's context is known before it is stored, so the upstream is asked
-        first and the conversation written (one statement) while it works on the answer: the
-        question's commit costs the answer no time. If the write fails, the request is let go
-        (its connection closed) and the request fails with nothing kept. When fitting the
-        context may store a summary on the path (`CONTEXT_STRATEGY=summarize`), the path is
-        stored first and the upstream asked after, as for a follow-up."""
+        The question is stored before the upstream is asked, as the API promises. With
+        `STORE_WHILE_ASKING` the upstream is asked first (a new conversation's context is
+        known before it is stored) and the conversation written, in one statement, while the
+        upstream works on the answer; if the write fails, the upstream's request is let go (its
+        connection closed) and the ask fails with nothing kept. Not when fitting the context
+        may store a summary on the path (`CONTEXT_STRATEGY=summarize`): the path must exist first."""
         conversation_id, path, nodes = self._first_nodes(said)
-        asked_first = question.store and not (self._context is not None and self._context.stores_summaries)
+        asked_first = (
+            self._store_while_asking
+            and question.store
+            and not (self._context is not None and self._context.stores_summaries)
+        )
         turn = reply = None
         if asked_first:
             turn = self._turn(conversation_id, question, path, said, DEFAULT_TITLE, None, provider)

@@ -91,6 +91,7 @@ def build_services(settings: Settings) -> Services:
         max_prompt_chars=settings.max_prompt_chars,
         leases=AnswerLeases(database, settings.answer_lease_seconds),
         context=context,
+        store_while_asking=settings.store_while_asking,
     )
     conversations = ConversationService(database, provider)
     search_index = SearchIndexer(database)

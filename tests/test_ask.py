@@ -14,6 +14,7 @@ from models.entities import Message
 from tests.helpers import ask, check_tree, error_of, history, ok, post
 
 
+@pytest.mark.parametrize("settings_overrides", [{}, {"store_while_asking": True}], ids=["stored-first", "store-while-asking"])
 def test_new_conversation_answers_in_the_original_shape(client: FlaskClient, fake_upstream: FakeOpenAI) -> None:
     fake_upstream.script(Reply(text="Hello! How can I assist you today?"))
     answer = ask(client, "Hello")
@@ -173,6 +174,7 @@ def test_upstream_error_is_a_502_and_keeps_the_question(client: FlaskClient, fak
     assert tree["current_node"] == first["parent_id"]  # the failed question is a branch to retry
 
 
+@pytest.mark.parametrize("settings_overrides", [{}, {"store_while_asking": True}], ids=["stored-first", "store-while-asking"])
 def test_failed_first_question_keeps_its_conversation(client: FlaskClient, fake_upstream: FakeOpenAI) -> None:
     fake_upstream.script(Fail(503, "busy"))
     error = error_of(post(client, "ask", {"prompt": "One"}), 502)
@@ -196,13 +198,16 @@ def test_upstream_timeout_is_a_504(client: FlaskClient, fake_upstream: FakeOpenA
     uuid.UUID(error["conversation_id"])
 
 
+@pytest.mark.parametrize("settings_overrides", [{}, {"store_while_asking": True}], ids=["stored-first", "store-while-asking"])
 def test_connection_reset_is_a_502(client: FlaskClient, fake_upstream: FakeOpenAI) -> None:
     fake_upstream.script(Reset())
     error = error_of(post(client, "ask", {"prompt": "x"}), 502)
     assert error["code"] == "upstream_error"
 
 
-@pytest.mark.parametrize("settings_overrides", [{"upstream_max_retries": 2}])
+@pytest.mark.parametrize("settings_overrides", [
+    {"upstream_max_retries": 2}, {"upstream_max_retries": 2, "store_while_asking": True}
+], ids=["stored-first", "store-while-asking"])
 def test_transient_failures_are_retried(client: FlaskClient, fake_upstream: FakeOpenAI) -> None:
     fake_upstream.script(Fail(429, "slow down", headers={"Retry-After": "0"}), Fail(502), Reply(text="finally"))
     assert ask(client, "x")["message"] == "finally"
@@ -216,6 +221,7 @@ def test_retries_give_up_with_a_502(client: FlaskClient, fake_upstream: FakeOpen
     assert len(fake_upstream.requests) == 2
 
 
+@pytest.mark.parametrize("settings_overrides", [{}, {"store_while_asking": True}], ids=["stored-first", "store-while-asking"])
 def test_answer_cut_mid_way_is_kept_and_marked(client: FlaskClient, fake_upstream: FakeOpenAI) -> None:
     fake_upstream.script(Reply(text="one two three four", chunks=["one ", "two ", "three ", "four"], break_after=2))
     error = error_of(post(client, "ask", {"prompt": "x"}), 502)

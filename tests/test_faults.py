@@ -130,14 +130,11 @@ def test_database_lost_while_an_answer_streams_ends_it_with_an_error_event(
 
 
 def test_database_lost_while_the_upstream_answers_is_a_503_naming_the_conversation(
-    proxied_app: Flask, proxy: TcpProxy, fake_upstream: FakeOpenAI, empty_postgresql_url: str
+    proxied_app: Flask, proxy: TcpProxy, fake_upstream: FakeOpenAI
 ) -> None:
     client = proxied_app.test_client()
     fake_upstream.script(Reply(text="too late to keep", delay=0.5))
-    # The upstream is asked as the question is written: the database goes once it is stored.
-    cutting = threading.Thread(target=lambda: (
-        fake_upstream.wait_for_requests(1), wait_until(lambda: questions_stored(empty_postgresql_url) == 1), proxy.cut()
-    ))
+    cutting = threading.Thread(target=lambda: (fake_upstream.wait_for_requests(1), proxy.cut()))
     cutting.start()
     error = error_of(post(client, "ask", {"prompt": "kept"}), 503)
     cutting.join()
@@ -196,8 +193,7 @@ def test_connection_lost_in_the_middle_of_an_asks_statement_is_a_503_and_is_repl
 ) -> None:
     """Each of an ask's two statements runs on its connection's own cursor
     (`models/prepared.py`): a connection lost while one runs is a 503, never a 500, and the
-    pool replaces it. A new conversation's upstream is asked as its question is written
-    (`services/asking.py`): when that write fails, the upstream's request is let go."""
+    pool replaces it."""
     client = proxied_app.test_client()
     answers: list[Any] = []
 
@@ -206,23 +202,19 @@ def test_connection_lost_in_the_middle_of_an_asks_statement_is_a_503_and_is_repl
         asking.start()
         return asking
 
-    fake_upstream.script(Hang())
     with conversations_locked(empty_postgresql_url) as locked:  # the question's statement
         asking = ask({"prompt": "lost"})
         wait_until(locked.write_waiting)
-        fake_upstream.wait_for_requests(1)  # asked already: it works while the question is written...
         locked.end_waiting_writes()
     asking.join()
     error = error_of(answers.pop(), 503)
     assert error["code"] == "database_unavailable" and "conversation_id" not in error
-    assert ok(post(client, "conversation", {})) == []
-    wait_until(lambda: fake_upstream.active_requests == 0)  # ...and is let go when that fails
+    assert not fake_upstream.requests and ok(post(client, "conversation", {})) == []
 
     fake_upstream.script(Reply(text="not kept", delay=0.3))
     asking = ask({"prompt": "kept"})
-    fake_upstream.wait_for_requests(2)
-    wait_until(lambda: questions_stored(empty_postgresql_url) == 1)
-    with conversations_locked(empty_postgresql_url) as locked:  # the answer's statement
+    fake_upstream.wait_for_requests(1)  # the question is stored: now the answer's statement
+    with conversations_locked(empty_postgresql_url) as locked:
         wait_until(locked.write_waiting)
         locked.end_waiting_writes()
     asking.join()
@@ -234,6 +226,38 @@ def test_connection_lost_in_the_middle_of_an_asks_statement_is_a_503_and_is_repl
 
     for n in range(3):  # every pooled connection works
         assert ok(post(client, "ask", {"prompt": f"after {n}"}))["message"] == f"Echo: after {n}"
+
+
+def test_storing_while_asking_lets_the_upstream_go_when_the_question_cannot_be_stored(
+    proxied_url: str, fake_upstream: FakeOpenAI, empty_postgresql_url: str
+) -> None:
+    """`STORE_WHILE_ASKING`: a new conversation's upstream is asked as its question is written;
+    when that write fails, the ask is a 503 with nothing kept and the upstream's request is
+    let go. Once the question is stored, it is kept whatever the upstream does."""
+    app = create_app(make_settings(proxied_url, fake_upstream.url, db_timeout=DB_TIMEOUT, store_while_asking=True))
+    client = app.test_client()
+    answers: list[Any] = []
+    fake_upstream.script(Hang())
+    try:
+        with conversations_locked(empty_postgresql_url) as locked:  # the question's statement
+            asking = threading.Thread(target=lambda: answers.append(post(client, "ask", {"prompt": "lost"})))
+            asking.start()
+            wait_until(locked.write_waiting)
+            fake_upstream.wait_for_requests(1)  # asked already: it works while the question is written...
+            locked.end_waiting_writes()
+        asking.join()
+        error = error_of(answers.pop(), 503)
+        assert error["code"] == "database_unavailable" and "conversation_id" not in error
+        assert ok(post(client, "conversation", {})) == [] and questions_stored(empty_postgresql_url) == 0
+        wait_until(lambda: fake_upstream.active_requests == 0)  # ...and is let go when that fails
+
+        fake_upstream.script(Fail(500, "model overloaded"))
+        error = error_of(post(client, "ask", {"prompt": "kept"}), 502)
+        tree = history(client, error["conversation_id"])
+        assert [n["message"]["content"]["parts"] for n in tree["mapping"].values()
+                if n.get("message", {}).get("author", {}).get("role") == "user"] == [["kept"]]
+    finally:
+        app.services.close()
 
 
 @pytest.mark.e2e

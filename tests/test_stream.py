@@ -27,6 +27,7 @@ def answers_of(client: FlaskClient, conversation_id: str) -> list[dict]:
             if n.get("message", {}).get("author", {}).get("role") == "assistant"]
 
 
+@pytest.mark.parametrize("settings_overrides", [{}, {"store_while_asking": True}], ids=["stored-first", "store-while-asking"])
 def test_stream_sends_text_so_far_and_deltas_then_done(client: FlaskClient, fake_upstream: FakeOpenAI) -> None:
     fake_upstream.script(Reply(text="Hello there, friend", chunks=["Hello", " there,", " friend"]))
     response = stream(client)
@@ -75,6 +76,7 @@ def test_upstream_failure_before_any_text_keeps_its_http_status(client: FlaskCli
     assert error["conversation_id"]
 
 
+@pytest.mark.parametrize("settings_overrides", [{}, {"store_while_asking": True}], ids=["stored-first", "store-while-asking"])
 def test_upstream_breaking_off_mid_answer_is_kept_and_reported(client: FlaskClient, fake_upstream: FakeOpenAI) -> None:
     fake_upstream.script(Reply(text="a b c d", chunks=["a ", "b ", "c ", "d"], break_after=2, chunk_delay=0.05))
     response = stream(client)

@@ -28,6 +28,7 @@ def conversation_of(client: FlaskClient, sdk: openai.OpenAI) -> str:
     return sdk.get("/conversations", cast_to=object)["data"][0]["id"]  # type: ignore[index]
 
 
+@pytest.mark.parametrize("settings_overrides", [{}, {"store_while_asking": True}], ids=["stored-first", "store-while-asking"])
 def test_create_answers_as_openai_does_and_the_answer_is_a_node(
     sdk: openai.OpenAI, client: FlaskClient, fake_upstream: FakeOpenAI
 ) -> None:
@@ -79,6 +80,7 @@ def test_instructions_go_first_for_this_response_only(sdk: openai.OpenAI, fake_u
     assert sdk.responses.retrieve(first.id).instructions == "Be brief."
 
 
+@pytest.mark.parametrize("settings_overrides", [{}, {"store_while_asking": True}], ids=["stored-first", "store-while-asking"])
 def test_message_items_are_stored_in_order_and_are_the_input_items(
     sdk: openai.OpenAI, fake_upstream: FakeOpenAI
 ) -> None:
