@@ -304,11 +304,7 @@ class UpstreamHttp:
         else:
             payload = json.dumps(body, ensure_ascii=False).encode()
             request += b"Content-Length: %d\r\n\r\n" % len(payload) + payload
-        try:
-            first: _Connection | UpstreamHttpError = self._start(request, deadline)
-        except UpstreamHttpError as error:
-            first = error
-        return Sent(self, request, deadline, first)
+        return Sent(self, request, deadline, self._attempt(request, deadline))
 
     def _answered(self, request: bytes, deadline: Deadline, first: _Connection | UpstreamHttpError) -> _Connection:
         """A connection whose response to `request` is a success, its head read: the first
@@ -325,10 +321,14 @@ class UpstreamHttp:
                     raise
             time.sleep(wait)
             attempt += 1
-            try:
-                sent = self._start(request, deadline)
-            except UpstreamHttpError as error:
-                sent = error
+            sent = self._attempt(request, deadline)
+
+    def _attempt(self, request: bytes, deadline: Deadline) -> _Connection | UpstreamHttpError:
+        """A connection with `request` sent on it, or why there is none."""
+        try:
+            return self._start(request, deadline)
+        except UpstreamHttpError as error:
+            return error
 
     def _start(self, request: bytes, deadline: Deadline) -> _Connection:
         """A connection with `request` sent on it."""
