@@ -8,6 +8,7 @@ cannot be reached fails the run instead of skipping.
 
 from __future__ import annotations
 
+import gc
 import os
 import uuid
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from sqlalchemy.engine import make_url
 from app import create_app
 from config import Settings
 from models.db import Database
+from serving import YOUNG_GENERATION_THRESHOLD
 from fakes.openai_upstream import FakeOpenAI
 
 POSTGRES_URL = os.environ.get(
@@ -51,6 +53,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The files of `LONGEST_FIRST` first, in that order (xdist keeps it: `--no-loadscope-reorder`)."""
     rank = {name: n for n, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The garbage collector as the service sets it before serving (`serving.py`): what
+    collecting built (every test module and what it imports) kept out of its passes, which
+    otherwise scan those hundreds of thousands of objects again and again, and the youngest
+    generation passed over every 10,000 new objects rather than 700 (the suite: 120 to 126 s
+    here before, 114 to 117 s after)."""
+    gc.freeze()
+    gc.set_threshold(YOUNG_GENERATION_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def _postgres_unavailable(reason: str) -> None:
