@@ -361,7 +361,8 @@ class AskService:
         """A conversation with its root node and system node, as ChatGPT makes them, and the
         messages `chain` `(id, role, content)` under them, all written in one go unless `keep`
         is False; its id and the root and system nodes."""
-        conversation_id, path, nodes = self._first_nodes([Said(role, content, message_id) for message_id, role, content in chain])
+        said = [Said(role, content, message_id) for message_id, role, content in chain]
+        conversation_id, path, nodes = self._first_nodes(said)
         if keep:
             self._add_conversation(repo, owner, now, conversation_id, nodes)
         return conversation_id, path
