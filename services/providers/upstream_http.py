@@ -153,26 +153,23 @@ class _Connection:
             pass
 
 
+READING = ("The upstream stopped sending.", "The connection to the upstream was cut.")
+CONNECTING = ("The upstream did not answer in time.", "Could not reach the upstream.")
+"""What a timeout and any other failure of the transport say while reading or sending, and
+while connecting (TCP, then TLS)."""
+
+
 @contextmanager
-def _reading() -> Iterator[None]:
-    """Talking to the upstream: the transport's failures as the client's own."""
+def _as_upstream_errors(said: tuple[str, str]) -> Iterator[None]:
+    """The transport's failures as the client's own: a timeout, anything else (refused,
+    unresolvable, reset; `ssl.SSLError`: a certificate that does not verify)."""
+    timed_out, unreachable = said
     try:
         yield
     except TimeoutError as error:
-        raise UpstreamTimedOut("The upstream stopped sending.") from error
+        raise UpstreamTimedOut(timed_out) from error
     except OSError as error:
-        raise UpstreamUnreachable("The connection to the upstream was cut.") from error
-
-
-@contextmanager
-def _connecting() -> Iterator[None]:
-    """Making a connection (TCP, then TLS): the transport's failures as the client's own."""
-    try:
-        yield
-    except TimeoutError as error:
-        raise UpstreamTimedOut("The upstream did not answer in time.") from error
-    except OSError as error:  # refused, unresolvable, unreachable; ssl.SSLError: a certificate that does not verify
-        raise UpstreamUnreachable("Could not reach the upstream.") from error
+        raise UpstreamUnreachable(unreachable) from error
 
 
 class Response:
@@ -191,7 +188,7 @@ class Response:
             yield from arrived
             if message.done:
                 return
-            with _reading():
+            with _as_upstream_errors(READING):
                 self._connection.read_more()
 
     def json(self) -> Any:
@@ -335,7 +332,7 @@ class UpstreamHttp:
         left = max(deadline.left(), 0.001)
         connection = self._connection(min(self.connect_timeout, left))
         try:
-            with _reading():
+            with _as_upstream_errors(READING):
                 connection.start(request, min(self.read_timeout, left))
         except BaseException:
             connection.close()
@@ -346,7 +343,7 @@ class UpstreamHttp:
         """`connection` once the head of a successful response is read on it; closed, and
         `UpstreamStatus` raised, for an error status."""
         try:
-            with _reading():
+            with _as_upstream_errors(READING):
                 connection.read_head()
         except BaseException:
             connection.close()
@@ -371,7 +368,7 @@ class UpstreamHttp:
                 connection.close()
                 continue
             return connection
-        with _connecting():
+        with _as_upstream_errors(CONNECTING):
             sock = socket.create_connection((self._host, self._port), timeout=connect_timeout)
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
