@@ -268,28 +268,26 @@ class AskService:
         upstream works on the answer; if the write fails, the upstream's request is let go (its
         connection closed) and the ask fails with nothing kept. Not when fitting the context
         may store a summary on the path (`CONTEXT_STRATEGY=summarize`): the path must exist first."""
-        conversation_id, path, nodes = self._first_nodes(said)
-        asked_first = (
-            self._store_while_asking
-            and question.store
-            and not (self._context is not None and self._context.stores_summaries)
-        )
-        turn = reply = None
-        if asked_first:
-            turn = self._turn(conversation_id, question, path, said, DEFAULT_TITLE, None, provider)
-            reply = provider.stream_reply(turn.request)
-        if question.store:
-            try:
-                with UnitOfWork(self._db, one_statement=True) as uow:
-                    self._add_conversation(uow.statements, owner, utcnow(), conversation_id, nodes)
-                    uow.commit()
-            except BaseException:
-                if reply is not None:
-                    reply.close()  # type: ignore[attr-defined]
-                raise
-        if turn is None:
-            turn = self._turn(conversation_id, question, path, said, DEFAULT_TITLE, None, provider)
+        conversation_id, path, nodes = self._first_nodes([(m.id, m.role, m.content) for m in said])
+        if not question.store:
+            return self._turn(conversation_id, question, path, said, DEFAULT_TITLE, None, provider), None
+        if not self._store_while_asking or (self._context is not None and self._context.stores_summaries):
+            self._write_conversation(owner, conversation_id, nodes)
+            return self._turn(conversation_id, question, path, said, DEFAULT_TITLE, None, provider), None
+        turn = self._turn(conversation_id, question, path, said, DEFAULT_TITLE, None, provider)
+        reply = provider.stream_reply(turn.request)
+        try:
+            self._write_conversation(owner, conversation_id, nodes)
+        except BaseException:
+            reply.close()  # type: ignore[attr-defined]
+            raise
         return turn, reply
+
+    def _write_conversation(self, owner: str, conversation_id: uuid.UUID, nodes: list[dict[str, Any]]) -> None:
+        """A new conversation and its first nodes, in one statement."""
+        with UnitOfWork(self._db, one_statement=True) as uow:
+            self._add_conversation(uow.statements, owner, utcnow(), conversation_id, nodes)
+            uow.commit()
 
     def _store_follow_up(self, owner: str, question: Question, said: Sequence[Said], provider: Provider) -> Turn:
         """Store the question's messages under its parent (nothing with `store=False`)."""
@@ -361,15 +359,16 @@ class AskService:
         """A conversation with its root node and system node, as ChatGPT makes them, and the
         messages `chain` `(id, role, content)` under them, all written in one go unless `keep`
         is False; its id and the root and system nodes."""
-        said = [Said(role, content, message_id) for message_id, role, content in chain]
-        conversation_id, path, nodes = self._first_nodes(said)
+        conversation_id, path, nodes = self._first_nodes(chain)
         if keep:
             self._add_conversation(repo, owner, now, conversation_id, nodes)
         return conversation_id, path
 
-    def _first_nodes(self, said: Sequence[Said]) -> tuple[uuid.UUID, list[Any], list[dict[str, Any]]]:
+    def _first_nodes(
+        self, chain: Sequence[tuple[uuid.UUID, str, str]]
+    ) -> tuple[uuid.UUID, list[Any], list[dict[str, Any]]]:
         """A new conversation's id, its root and system nodes, and the rows of those nodes and
-        of `said` under them, to be written."""
+        of the messages `chain` `(id, role, content)` under them, to be written."""
         conversation_id, root, system = uuid.uuid4(), _Node(uuid.uuid4(), None, ""), _Node(
             uuid.uuid4(), "system", self._system_prompt
         )
@@ -378,10 +377,9 @@ class AskService:
             {"id": system.id, "parent_id": root.id, "role": "system", "content": system.content, "end_turn": True},
         ]
         parent_id = system.id
-        for message in said:
-            nodes.append({"id": message.id, "parent_id": parent_id, "role": message.role, "content": message.content,
-                          "end_turn": None})
-            parent_id = message.id
+        for message_id, role, content in chain:
+            nodes.append({"id": message_id, "parent_id": parent_id, "role": role, "content": content, "end_turn": None})
+            parent_id = message_id
         return conversation_id, [root, system], nodes
 
     @staticmethod
