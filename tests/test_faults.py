@@ -24,6 +24,7 @@ from fakes.tcp_proxy import TcpProxy
 from models.entities import Message
 from tests.conftest import UPSTREAM_KEY, make_settings
 from tests.helpers import check_tree, error_of, history, ok, post, sse_json, wait_until
+from tests.openai_sdk import stored_rows
 from tests.server_process import HTTP, ServerProcess
 
 DB_TIMEOUT = 1.0
@@ -165,16 +166,6 @@ class LockedConversations:
         self.watcher.execute(text(f"SELECT pg_terminate_backend(pid) {WAITING_WRITES}"))
 
 
-def questions_stored(database_url: str) -> int:
-    """The user messages stored, read past the app (and its proxy)."""
-    engine = create_engine(database_url)
-    try:
-        with engine.connect() as connection:
-            return connection.execute(text("SELECT count(*) FROM messages WHERE role = 'user'")).scalar_one()
-    finally:
-        engine.dispose()
-
-
 @contextmanager
 def conversations_locked(database_url: str) -> Iterator[LockedConversations]:
     engine = create_engine(database_url)
@@ -248,7 +239,7 @@ def test_storing_while_asking_lets_the_upstream_go_when_the_question_cannot_be_s
         asking.join()
         error = error_of(answers.pop(), 503)
         assert error["code"] == "database_unavailable" and "conversation_id" not in error
-        assert ok(post(client, "conversation", {})) == [] and questions_stored(empty_postgresql_url) == 0
+        assert ok(post(client, "conversation", {})) == [] and stored_rows(app) == (0, 0)
         wait_until(lambda: fake_upstream.active_requests == 0)  # ...and is let go when that fails
 
         fake_upstream.script(Fail(500, "model overloaded"))
