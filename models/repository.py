@@ -536,18 +536,24 @@ class ConversationRepository(Statements):
 
     # -- import / export -----------------------------------------------------
 
-    def exists(self, conversation_id: uuid.UUID) -> bool:
-        return self.session.scalar(select(Conversation.id).where(Conversation.id == conversation_id)) is not None
+    def present_conversations(self, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """Which of `ids` some conversation already has."""
+        return self._present(Conversation.id, ids)
 
     def taken_message_ids(self, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
         """Which of `ids` some message already has."""
-        taken: set[uuid.UUID] = set()
-        for start in range(0, len(ids), 500):
-            taken.update(self.session.scalars(select(Message.id).where(Message.id.in_(ids[start : start + 500]))))
-        return taken
+        return self._present(Message.id, ids)
 
-    def import_conversation(self, **values: Any) -> None:
-        self.session.execute(insert(Conversation).values(values))
+    def _present(self, column: Any, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        found: set[uuid.UUID] = set()
+        for start in range(0, len(ids), _BATCH):
+            found.update(self.session.scalars(select(column).where(column.in_(ids[start : start + _BATCH]))))
+        return found
+
+    def import_conversations(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Imported conversations, in one statement (every row names the same columns)."""
+        if rows:
+            self.session.execute(insert(Conversation), rows)
 
     def import_messages(self, rows: Sequence[dict[str, Any]]) -> None:
         """Imported nodes (parents before children); `original` is JSON text already, passed

@@ -1,9 +1,10 @@
 """Conversations in and out in ChatGPT's data-export format (`conversations.json`).
 
-Both directions hold one conversation at a time, and that one compactly: import reads
-the file as a stream of JSON events and keeps each node only as the row it becomes (its
-message already serialized), export reads a page's messages in one streamed query and
-writes one node after another. A conversation of N MB needs about 2 × N MB.
+Both directions hold little at a time, and that compactly: import reads the file as a
+stream of JSON events and keeps each node only as the row it becomes (its message already
+serialized), a batch of conversations up to 1 MiB of messages (or one larger conversation)
+at a time; export reads a page's messages in one streamed query and writes one node after
+another. A conversation of N MB needs about 2 × N MB.
 
 What an import accepts: `conversations.json` (a list of conversations), the .zip it came
 in (read by the command line), or a file holding one conversation object (what some
@@ -64,6 +65,11 @@ DIALOGUE_ROLES = ("system", "developer", "user", "assistant")
 TEXT_CONTENT = ("text", "multimodal_text")
 COMMIT_EVERY = 2000
 """Messages written per transaction during an import (a conversation is never split)."""
+BATCH_CONVERSATIONS = 100
+BATCH_BYTES = 1 << 20
+"""Conversations are read into batches of this many, or of this many bytes of messages,
+each written in a few statements (looking up which are present, which ids are taken,
+the conversations, their messages) rather than a few statements per conversation."""
 INSERT_CHUNK = 100
 """Message rows built and sent at once: a huge conversation never has all its rows built."""
 EXPORT_PAGE = 100
@@ -354,6 +360,123 @@ class _Placed:
     depth: int
 
 
+@dataclass
+class _Added:
+    """A conversation of a batch that is not stored yet, its nodes placed."""
+
+    id: uuid.UUID
+    entry: Entry
+    placed: list[_Placed]
+    extension: Extension
+    """What /v1 kept, from the conversation's `gpt_api` key."""
+    placement: Placement
+
+
+@dataclass
+class _Batch:
+    """Conversations read from the file, written together."""
+
+    entries: list[Entry]
+    next_index: int
+    """The position in the file after the batch's last entry."""
+    broken: ijson.JSONError | None = None
+    """Where the file stopped being JSON, right after the batch."""
+
+
+def _batches(entries: Iterable[Entry]) -> Iterator[_Batch]:
+    """`entries` in batches of up to BATCH_CONVERSATIONS conversations or BATCH_BYTES of
+    messages (a larger conversation alone); the last one carries a JSON error that ended
+    the file."""
+    batch: list[Entry] = []
+    size, next_index = 0, 0
+    remaining = iter(entries)
+    while True:
+        try:
+            entry = next(remaining, None)
+        except ijson.JSONError as error:
+            yield _Batch(batch, next_index, error)
+            return
+        if entry is None:
+            if batch:
+                yield _Batch(batch, next_index)
+            return
+        batch.append(entry)
+        next_index = entry.index + 1
+        size += sum(len(node.message or b"") for node in (entry.mapping or {}).values())
+        if len(batch) >= BATCH_CONVERSATIONS or size >= BATCH_BYTES:
+            yield _Batch(batch, next_index)
+            batch, size = [], 0
+
+
+def _new_conversations(uow: UnitOfWork, entries: Sequence[Entry], report: ImportReport) -> dict[uuid.UUID, Entry]:
+    """The batch's conversations by id, but those already stored (or earlier in the file);
+    what is not a conversation goes to the report."""
+    named: dict[uuid.UUID, Entry] = {}
+    for entry in entries:
+        fields, mapping = entry.fields, entry.mapping
+        given_id = _file_id(fields) if fields is not None else None
+        if fields is None or not mapping or given_id is None:
+            reason = "not an object" if fields is None else "no id" if mapping else "no mapping with nodes"
+            report.skipped.append(Skipped(entry.index, entry.title, reason))
+            continue
+        conversation_id = _canonical_uuid(given_id) or uuid.uuid5(NODE_NAMESPACE, given_id)
+        if conversation_id in named:  # the same conversation twice in the file
+            report.already_present += 1
+        else:
+            named[conversation_id] = entry
+    present = uow.conversations.present_conversations(list(named))
+    report.already_present += len(present)
+    return {conversation_id: entry for conversation_id, entry in named.items() if conversation_id not in present}
+
+
+def _with_nodes_placed(uow: UnitOfWork, new: dict[uuid.UUID, Entry]) -> list[_Added]:
+    """The conversations with their nodes placed. A node keeps its own id unless a message
+    stored already, or one placed before it in the batch, has it."""
+    orders = {conversation_id: list(_tree_order(entry.mapping or {})) for conversation_id, entry in new.items()}
+    wanted = {
+        conversation_id: {key: _node_id(conversation_id, key) for key, _, _ in order}
+        for conversation_id, order in orders.items()
+    }
+    taken = uow.conversations.taken_message_ids([i for ids in wanted.values() for i in ids.values()])
+    added = []
+    for conversation_id, entry in new.items():
+        ids = wanted[conversation_id]
+        for key, node_id in ids.items():
+            if node_id in taken:  # the same message id in another conversation
+                ids[key] = uuid.uuid5(NODE_NAMESPACE, f"{conversation_id}/{key}")
+        taken.update(ids.values())
+        fields = entry.fields or {}
+        placed = _place(orders[conversation_id], ids, entry.mapping or {}, fields)
+        extension = transfer_extension.read(fields.get(transfer_extension.KEY))
+        placement = Placement({node.key: node.id for node in placed})
+        added.append(_Added(conversation_id, entry, placed, extension, placement))
+    return added
+
+
+def _node_id(conversation_id: uuid.UUID, key: str) -> uuid.UUID:
+    """The id a node keeps if it is free: its own if it is a UUID, else a uuid5 of its key."""
+    return _canonical_uuid(key) or uuid.uuid5(NODE_NAMESPACE, f"{conversation_id}/{key}")
+
+
+def _place(
+    order: Sequence[tuple[str, str | None, int]], ids: dict[str, uuid.UUID], mapping: dict[str, FileNode],
+    fields: dict[str, Any],
+) -> list[_Placed]:
+    """Every node reachable from a root (`order`: parents before children), with its id and time."""
+    start = _moment(fields.get("create_time")) or utcnow()
+    times: dict[str, datetime] = {}
+    last_child: dict[str | None, datetime] = {}
+    placed = []
+    for key, parent, depth in order:
+        moment = mapping[key].created_at or (times[parent] if parent is not None else start)
+        previous = last_child.get(parent)
+        if previous is not None and moment <= previous:  # keep the file's sibling order
+            moment = previous + ONE_MICROSECOND
+        times[key] = last_child[parent] = moment
+        placed.append(_Placed(key, ids[key], parent, ids[parent] if parent is not None else None, moment, depth))
+    return placed
+
+
 class ConversationTransfer:
     """Import and export against one database, for one owner."""
 
@@ -364,44 +487,48 @@ class ConversationTransfer:
     # -- import --------------------------------------------------------------
 
     def import_conversations(self, entries: Iterable[Entry]) -> ImportReport:
-        """Store each conversation not yet present; commits every few thousand messages.
+        """Store each conversation not yet present, a batch at a time; commits every few
+        thousand messages.
 
         If `entries` stops with a JSON error, what was read before it is committed and
         ExportBrokenOff carries the report.
         """
         report = ImportReport()
-        remaining = iter(entries)
-        index = 0
+        batches = _batches(entries)
         while True:
             with UnitOfWork(self._db) as uow:
-                pending = 0
-                try:
-                    for entry in remaining:
-                        index = entry.index + 1
-                        pending += self._import_one(uow, entry, report)
-                        if pending >= COMMIT_EVERY:
-                            break
-                    else:
+                written = 0
+                for batch in batches:
+                    written += self._import_batch(uow, batch.entries, report)
+                    if batch.broken is not None:
                         uow.commit()
-                        return report
-                except ijson.JSONError as error:
+                        raise ExportBrokenOff(batch.next_index, batch.broken, report) from batch.broken
+                    if written >= COMMIT_EVERY:
+                        break
+                else:
                     uow.commit()
-                    raise ExportBrokenOff(index, error, report) from error
+                    return report
                 uow.commit()
 
-    def _import_one(self, uow: UnitOfWork, entry: Entry, report: ImportReport) -> int:
-        """Add one conversation; returns how many messages it added."""
-        fields, mapping = entry.fields, entry.mapping
-        given_id = _file_id(fields) if fields is not None else None
-        if fields is None or not mapping or given_id is None:
-            reason = "not an object" if fields is None else "no id" if mapping else "no mapping with nodes"
-            report.skipped.append(Skipped(entry.index, entry.title, reason))
-            return 0
-        conversation_id = _canonical_uuid(given_id) or uuid.uuid5(NODE_NAMESPACE, given_id)
-        if uow.conversations.exists(conversation_id):
-            report.already_present += 1
-            return 0
-        placed = self._place(uow, conversation_id, mapping, fields)
+    def _import_batch(self, uow: UnitOfWork, entries: Sequence[Entry], report: ImportReport) -> int:
+        """Add a batch's new conversations in a few statements; returns how many messages."""
+        added = _with_nodes_placed(uow, _new_conversations(uow, entries, report))
+        uow.conversations.import_conversations([self._conversation_row(one, report) for one in added])
+        rows = self._message_rows(added)
+        while chunk := list(itertools.islice(rows, INSERT_CHUNK)):
+            uow.conversations.import_messages(chunk)
+        for one in added:
+            times = {node.id: node.created_at for node in one.placed}
+            for completion in one.placement.completions(one.extension, self._owner, _moment):
+                completion["created_at"] = completion["created_at"] or times[completion["id"]]
+                uow.conversations.add_chat_completion(**completion)
+        return sum(len(one.placed) for one in added)
+
+    def _conversation_row(self, added: _Added, report: ImportReport) -> dict[str, Any]:
+        """The conversation's row; counts it and its messages in the report."""
+        fields, mapping, placed = added.entry.fields or {}, added.entry.mapping or {}, added.placed
+        report.conversations += 1
+        report.messages += len(placed)
         report.dropped_nodes += len(mapping) - len(placed)
         orphans = {
             key: {"parent": node.parent}
@@ -414,41 +541,34 @@ class ConversationTransfer:
         current = fields.get("current_node")
         current_id = next((node.id for node in placed if node.key == current), None)
         title = fields.get("title")
-        extension = transfer_extension.read(fields.get(transfer_extension.KEY))
-        uow.conversations.import_conversation(
-            id=conversation_id,
-            owner=self._owner,
-            title=title.replace("\x00", "\ufffd") if isinstance(title, str) and title.strip() else DEFAULT_TITLE,
-            created_at=created,
-            updated_at=_moment(fields.get("update_time")) or created,
-            current_node_id=current_id or _latest_leaf(placed),
+        return {
+            "id": added.id,
+            "owner": self._owner,
+            "title": title.replace("\x00", "\ufffd") if isinstance(title, str) and title.strip() else DEFAULT_TITLE,
+            "created_at": created,
+            "updated_at": _moment(fields.get("update_time")) or created,
+            "current_node_id": current_id or _latest_leaf(placed),
             # The mapping lives in the messages; its key stays, to keep the key order, and
             # holds what the messages cannot: the parents that orphan nodes named. What /v1
             # kept goes back to its own rows and columns.
-            original={
+            "original": {
                 **{key: value for key, value in fields.items() if key != transfer_extension.KEY},
                 "mapping": orphans or None,
             },
-            metadata_=extension.metadata,
-        )
-        placement = Placement({node.key: node.id for node in placed})
-        hashes = self._chat_path_hashes(extension, placed, mapping)
-        for start in range(0, len(placed), INSERT_CHUNK):
-            uow.conversations.import_messages([
-                {
-                    **_row(conversation_id, node, mapping[node.key]),
-                    "response_fields": placement.response_fields(extension, node.key),
+            "metadata_": added.extension.metadata,
+        }
+
+    def _message_rows(self, added: Sequence[_Added]) -> Iterator[dict[str, Any]]:
+        """The message rows of the batch's conversations, each built as it is sent."""
+        for one in added:
+            mapping = one.entry.mapping or {}
+            hashes = self._chat_path_hashes(one.extension, one.placed, mapping)
+            for node in one.placed:
+                yield {
+                    **_row(one.id, node, mapping[node.key]),
+                    "response_fields": one.placement.response_fields(one.extension, node.key),
                     "path_hash": hashes.get(node.key),
                 }
-                for node in placed[start : start + INSERT_CHUNK]
-            ])
-        times = {node.id: node.created_at for node in placed}
-        for completion in placement.completions(extension, self._owner, _moment):
-            completion["created_at"] = completion["created_at"] or times[completion["id"]]
-            uow.conversations.add_chat_completion(**completion)
-        report.conversations += 1
-        report.messages += len(placed)
-        return len(placed)
 
     def _chat_path_hashes(
         self, extension: Extension, placed: Sequence[_Placed], mapping: dict[str, FileNode]
@@ -466,30 +586,6 @@ class ConversationTransfer:
                     yield node.key, node.parent, message
 
         return transfer_extension.chat_path_hashes(extension, self._owner, chat_nodes())
-
-    @staticmethod
-    def _place(
-        uow: UnitOfWork, conversation_id: uuid.UUID, mapping: dict[str, FileNode], fields: dict[str, Any]
-    ) -> list[_Placed]:
-        """Every node reachable from a root, parents before children, with its id and time."""
-        order = list(_tree_order(mapping))
-        ids = {key: _canonical_uuid(key) or uuid.uuid5(NODE_NAMESPACE, f"{conversation_id}/{key}") for key, _, _ in order}
-        taken = uow.conversations.taken_message_ids(list(ids.values()))
-        for key, node_id in ids.items():
-            if node_id in taken:  # the same message id in another conversation
-                ids[key] = uuid.uuid5(NODE_NAMESPACE, f"{conversation_id}/{key}")
-        start = _moment(fields.get("create_time")) or utcnow()
-        times: dict[str, datetime] = {}
-        last_child: dict[str | None, datetime] = {}
-        placed = []
-        for key, parent, depth in order:
-            moment = mapping[key].created_at or (times[parent] if parent is not None else start)
-            previous = last_child.get(parent)
-            if previous is not None and moment <= previous:  # keep the file's sibling order
-                moment = previous + ONE_MICROSECOND
-            times[key] = last_child[parent] = moment
-            placed.append(_Placed(key, ids[key], parent, ids[parent] if parent is not None else None, moment, depth))
-        return placed
 
     # -- export --------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from cli import cli
 from fakes.openai_upstream import FakeOpenAI, Reply
 from models.entities import Conversation, Message
 from services.api_keys import ApiKeys
-from services.transfer import ConversationTransfer, read_export
+from services.transfer import BATCH_CONVERSATIONS, ConversationTransfer, read_export
 from services.unit_of_work import UnitOfWork
 from tests import launcher
 from tests.helpers import ask, check_tree, history, messages_scans_and_inserts, messages_scans_once_reported, ok, post
@@ -184,6 +184,25 @@ def test_a_re_import_of_the_same_message_ids_elsewhere_gets_new_ids(app: Flask, 
     path.write_text(json.dumps([original, fork]), encoding="utf-8")
     assert import_file(app, path).conversations == 2
     assert by_id(export_all(app))[fork["id"]]["mapping"] == original["mapping"]
+
+
+def test_a_file_of_many_batches_stores_each_conversation_once_and_each_message_id_once(
+    app: Flask, tmp_path: Path
+) -> None:
+    """Conversations are written a batch at a time: the same conversation again, in its batch
+    or a later one, is present already; a message id used in an earlier batch, or earlier in
+    the same one, gets a new id here and comes back in the export as the file gave it."""
+    original = original_conversations()[CAPITALS]
+    forks = [{**original, "id": str(uuid.UUID(int=n + 1)), "conversation_id": str(uuid.UUID(int=n + 1))}
+             for n in range(2 * BATCH_CONVERSATIONS + 5)]
+    entries = [original, *forks[:3], original, *forks[3:], forks[0], original]
+    report = import_file(app, write_json(tmp_path / "forks.json", entries))
+    assert (report.conversations, report.messages, report.already_present) == (len(forks) + 1, 7 * (len(forks) + 1), 3)
+    assert count_rows(app) == (len(forks) + 1, 7 * (len(forks) + 1))
+    exported = by_id(export_all(app))
+    assert len(exported) == len(forks) + 1
+    assert all(exported[fork["id"]]["mapping"] == original["mapping"] for fork in forks)
+    assert exported[CAPITALS] == original
 
 
 def test_what_is_not_a_conversation_is_counted_and_skipped(app: Flask, tmp_path: Path) -> None:
@@ -440,7 +459,7 @@ BIG_CONVERSATION_NODES = 2000
 MEMORY_PROBE = """
 import ctypes, gc, os, sys
 from models.db import Database
-from services.transfer import ConversationTransfer, read_export
+from services.transfer import BATCH_CONVERSATIONS, ConversationTransfer, read_export
 
 def kib(field):
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field + ":"))
