@@ -15,6 +15,7 @@ from flask_openapi3 import Info, OpenAPI, Tag
 
 from api.errors import HTTP_CODES, STATUS_BY_ERROR
 from api.schemas import AnswerEvent, ErrorResponse
+from api.v1.schemas import OpenAIError
 from config import PROJECT_ROOT
 from services.errors import ServiceError
 
@@ -95,12 +96,14 @@ def openapi_options() -> dict[str, Any]:
 
 
 def document(app: OpenAPI) -> dict[str, Any]:
-    """The app's OpenAPI document, with the schema of a streamed answer's events (which no
-    route returns as JSON, so flask-openapi3 does not collect it)."""
+    """The app's OpenAPI document, with the schemas of what routes refer to but flask-openapi3
+    does not collect: a streamed answer's events (no route returns them as JSON) and the /v1
+    error (referenced by each route's error answers)."""
     spec = app.api_doc
     schemas = spec["components"]["schemas"]
-    if "AnswerEvent" not in schemas:
-        schema = AnswerEvent.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
-        schemas.update(schema.pop("$defs", {}))
-        schemas["AnswerEvent"] = schema
+    for model in (AnswerEvent, OpenAIError):
+        if model.__name__ not in schemas:
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
+            schemas.update(schema.pop("$defs", {}))
+            schemas[model.__name__] = schema
     return spec

@@ -689,8 +689,14 @@ class OpenAIError(BaseModel):
     error: OpenAIErrorDetail
 
 
-def errors(*statuses: int) -> dict[int, type[BaseModel]]:
-    return {status: OpenAIError for status in statuses}
+OPENAI_ERROR_REF = {"$ref": f"#/components/schemas/{OpenAIError.__name__}"}
+
+
+def errors(*statuses: int) -> dict[int, dict[str, Any]]:
+    """The error answers of `statuses`, each an `OpenAIError` by reference: its schema goes
+    into the document once (`api.openapi.document`), not generated again for every status of
+    every route (171 times, a tenth of the app's import time)."""
+    return {status: {"content": {"application/json": {"schema": OPENAI_ERROR_REF}}} for status in statuses}
 
 
 def _epoch(moment: datetime) -> int:
