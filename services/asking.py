@@ -202,8 +202,10 @@ class AskService:
         store_while_asking: bool = False,
     ) -> None:
         self._db = db
-        self._store_while_asking = store_while_asking
-        """`STORE_WHILE_ASKING`: a new conversation's upstream is asked as its question is written."""
+        self._store_while_asking = store_while_asking and not (context is not None and context.stores_summaries)
+        """`STORE_WHILE_ASKING`: a new conversation's upstream is asked as its question is written.
+        Not when fitting the context may store a summary on the path (`CONTEXT_STRATEGY=summarize`):
+        the path must exist first."""
         self._context = context
         """Fits each request into its model's window (None: the whole path is sent)."""
         self.leases = leases or AnswerLeases(db)
@@ -266,15 +268,14 @@ class AskService:
         `STORE_WHILE_ASKING` the upstream is asked first (a new conversation's context is
         known before it is stored) and the conversation written, in one statement, while the
         upstream works on the answer; if the write fails, the upstream's request is let go (its
-        connection closed) and the ask fails with nothing kept. Not when fitting the context
-        may store a summary on the path (`CONTEXT_STRATEGY=summarize`): the path must exist first."""
+        connection closed) and the ask fails with nothing kept."""
         conversation_id, path, nodes = self._first_nodes([(m.id, m.role, m.content) for m in said])
-        if not question.store:
-            return self._turn(conversation_id, question, path, said, DEFAULT_TITLE, None, provider), None
-        if not self._store_while_asking or (self._context is not None and self._context.stores_summaries):
+        overlap = question.store and self._store_while_asking
+        if question.store and not overlap:
             self._write_conversation(owner, conversation_id, nodes)
-            return self._turn(conversation_id, question, path, said, DEFAULT_TITLE, None, provider), None
         turn = self._turn(conversation_id, question, path, said, DEFAULT_TITLE, None, provider)
+        if not overlap:
+            return turn, None
         reply = provider.stream_reply(turn.request)
         try:
             self._write_conversation(owner, conversation_id, nodes)
