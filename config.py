@@ -137,7 +137,8 @@ class Settings(BaseSettings):
     """True: a new conversation's question is written while the upstream already works on the
     answer (about 2 ms less per first ask, and more asks a second). The upstream is then asked
     before the question is stored, not after as the API promises: when that write fails, the
-    upstream was asked for nothing (its request is let go) and the ask fails, nothing kept."""
+    upstream was asked for nothing (its request is let go) and the ask fails, nothing kept.
+    Follow-ups, and every ask with CONTEXT_STRATEGY=summarize, store their question first."""
     store_chat_completions: bool = True
     """Keep /v1/chat/completions exchanges as conversations (a request's `store: false` keeps one out)."""
     models_cache_seconds: float = Field(default=60.0, ge=0)
