@@ -4,6 +4,7 @@ one the server closed is replaced without a failed request, whatever its descrip
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import time
@@ -34,6 +35,26 @@ def test_a_connection_tested_after_resting_serves_a_one_statement_unit(
             uow.session.execute(text("CREATE TEMPORARY TABLE t (x int)"))
             uow.session.rollback()
             assert uow.session.execute(text("SELECT count(*) FROM pg_tables WHERE tablename = 't'")).scalar() == 0
+    finally:
+        database.dispose()
+
+
+def test_after_a_burst_one_request_at_a_time_reuses_the_connection_it_just_gave_back(
+    empty_postgresql_url: str,
+) -> None:
+    """The pool hands out the connection that rested least: a burst's other connections rest
+    untouched, and one in steady use never rests long enough to be pinged (a round trip on
+    every checkout at one connection when the pool went round all of them in turn)."""
+    database = Database(empty_postgresql_url, pool_size=8, max_overflow=0)
+    try:
+        with contextlib.ExitStack() as burst:  # eight units at once, as under load
+            for _ in range(8):
+                burst.enter_context(UnitOfWork(database, one_statement=True))
+        backends = set()
+        for _ in range(5):
+            with UnitOfWork(database, one_statement=True) as uow:
+                backends.add(uow.connection.execute(text("SELECT pg_backend_pid()")).scalar())
+        assert len(backends) == 1
     finally:
         database.dispose()
 
