@@ -133,9 +133,10 @@ _NAME_IF_UNTITLED = Prepared(
         "WHERE id = :conversation_id AND title = :untitled"
     ).bindparams(bindparam("conversation_id", type_=_CONVERSATIONS.c.id.type))
 )
-"""A generated title, unless the conversation was renamed meanwhile: plain SQL on PostgreSQL
-for the same reason as `_new_conversation` (every new conversation runs it; built with
-SQLAlchemy's constructs it was a tenth of a worker's CPU at one connection)."""
+"""A generated title, unless the conversation was renamed meanwhile: plain SQL on PostgreSQL,
+run on the connection's cursor as the ask's two statements are (every new conversation runs
+it; built from SQLAlchemy's constructs it went through their cache key and the compiled
+cache each time)."""
 
 
 @functools.cache
