@@ -443,7 +443,7 @@ def _with_nodes_placed(uow: UnitOfWork, new: dict[uuid.UUID, Entry]) -> list[_Ad
         ids = wanted[conversation_id]
         for key, node_id in ids.items():
             if node_id in taken:  # the same message id in another conversation
-                ids[key] = uuid.uuid5(NODE_NAMESPACE, f"{conversation_id}/{key}")
+                ids[key] = _derived_id(conversation_id, key)
         taken.update(ids.values())
         fields = entry.fields or {}
         placed = _place(orders[conversation_id], ids, entry.mapping or {}, fields)
@@ -454,8 +454,13 @@ def _with_nodes_placed(uow: UnitOfWork, new: dict[uuid.UUID, Entry]) -> list[_Ad
 
 
 def _node_id(conversation_id: uuid.UUID, key: str) -> uuid.UUID:
-    """The id a node keeps if it is free: its own if it is a UUID, else a uuid5 of its key."""
-    return _canonical_uuid(key) or uuid.uuid5(NODE_NAMESPACE, f"{conversation_id}/{key}")
+    """The id a node keeps if it is free: its own if it is a UUID, else `_derived_id`."""
+    return _canonical_uuid(key) or _derived_id(conversation_id, key)
+
+
+def _derived_id(conversation_id: uuid.UUID, key: str) -> uuid.UUID:
+    """A node's id made from its conversation and key: the same on every import of the file."""
+    return uuid.uuid5(NODE_NAMESPACE, f"{conversation_id}/{key}")
 
 
 def _place(
