@@ -159,11 +159,45 @@ def serve_with_gunicorn(app: GptApi, settings: Settings, database: Database) -> 
         def load(self) -> Flask:
             return app
 
+    send_whole_answers_in_one_write()
     # Everything built so far lives as long as the process: keep it out of the garbage
     # collector's full passes, which otherwise scan it again and again (a 1,000-message
     # history: 31 ms of CPU per request without this, 19 with it; p99 126 ms -> 23 ms).
     gc.freeze()
     Server().run()
+
+
+def send_whole_answers_in_one_write() -> None:
+    """Make gunicorn send an answer whose whole body comes in one piece (every JSON answer)
+    in the same write as its headers: one `send` and one TCP segment where gunicorn makes two
+    (it sets TCP_NODELAY, so each write leaves at once). Streams and files go as before.
+
+    gunicorn's workers build each response with `gunicorn.http.wsgi.create`, which takes the
+    module's `Response` class when it is called: that class is replaced by a subclass. On
+    this 2-core machine the service's CPU per ask went down by about 0.07 ms (4 of 4
+    interleaved pairs; bench/README.md)."""
+    from gunicorn import util
+    from gunicorn.http import wsgi
+
+    class OneWriteResponse(wsgi.Response):  # type: ignore[misc, name-defined]
+        def write(self, arg: bytes) -> None:
+            whole = (
+                not self.headers_sent
+                and not self.chunked
+                and not self._omits_body
+                and isinstance(arg, bytes)
+                and len(arg) == self.response_length
+            )
+            if not whole:
+                super().write(arg)
+                return
+            # The head as gunicorn's `send_headers` writes it.
+            head = self.default_headers() + [f"{name}: {value}\r\n" for name, value in self.headers]
+            self.headers_sent = True
+            self.sent = len(arg)
+            util.write(self.sock, util.to_bytestring("".join(head) + "\r\n", "latin-1") + arg)
+
+    wsgi.Response = OneWriteResponse
 
 
 def serve_with_waitress(app: GptApi, settings: Settings) -> None:
