@@ -3,10 +3,10 @@ work per ask and nothing else (the "lean references" of issue 16, kept so that e
 shows them).
 
 Per ask (`POST /` with `{"prompt": ...}`), as the service does for a new conversation:
-one durable transaction that writes the conversation, its root node and the question (one
-statement); the upstream asked as the service asks it (streamed, usage included) and read
-to its end; one durable transaction that writes the answer and moves the conversation's
-current node to it (one statement); the answer as JSON. Nothing else: no validation beyond
+one durable transaction that writes the conversation, its root node, its (empty) system node
+and the question (one statement); the upstream asked as the service asks it (streamed, usage
+included) and read to its end; one durable transaction that writes the answer and moves the
+conversation's current node to it (one statement); the answer as JSON. Nothing else: no validation beyond
 reading the JSON, no keys, no request log, no metrics, no answer leases, no titles, no
 search indexing, no error handling. It runs as the service does: gunicorn with gevent
 workers, one per CPU, psycopg2 made cooperative, each worker keeping its connections to
@@ -48,7 +48,8 @@ NEW_CONVERSATION = """
     )
     INSERT INTO messages (id, conversation_id, parent_id, role, content, status, created_at) VALUES
         (%(root)s, %(conversation)s, NULL, NULL, '', 'finished_successfully', %(now)s),
-        (%(question)s, %(conversation)s, %(root)s, 'user', %(prompt)s, 'finished_successfully', %(now)s)
+        (%(system)s, %(conversation)s, %(root)s, 'system', '', 'finished_successfully', %(now)s),
+        (%(question)s, %(conversation)s, %(system)s, 'user', %(prompt)s, 'finished_successfully', %(now)s)
 """
 PLACE_ANSWER = """
     WITH answer AS (
@@ -126,7 +127,7 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
         return [b"ok"]
     prompt = json.loads(environ["wsgi.input"].read())["prompt"]
-    ids = {name: uuid.uuid4() for name in ("conversation", "root", "question", "answer")}
+    ids = {name: uuid.uuid4() for name in ("conversation", "root", "system", "question", "answer")}
     _execute(NEW_CONVERSATION, {**ids, "prompt": prompt, "now": datetime.now(UTC)})
     text, usage = _answer(prompt)
     _execute(PLACE_ANSWER, {

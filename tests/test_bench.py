@@ -259,18 +259,19 @@ def test_the_lean_reference_stores_each_ask_as_the_service_would(empty_postgresq
         with engine.connect() as connection:
             stored = connection.execute(text(
                 "SELECT c.id, c.current_node_id, m.id, m.parent_id, m.role, m.content, m.model, m.completion_tokens "
-                "FROM conversations c JOIN messages m ON m.conversation_id = c.id ORDER BY c.created_at, m.created_at, "
-                "m.parent_id NULLS FIRST, m.role")).all()
+                "FROM conversations c JOIN messages m ON m.conversation_id = c.id "
+                "ORDER BY c.created_at, m.created_at, m.role NULLS FIRST")).all()
     finally:
         engine.dispose()
-    for answer, rows in zip(answers, (stored[:3], stored[3:]), strict=True):
-        root, question, reply = rows
+    for answer, rows in zip(answers, (stored[:4], stored[4:]), strict=True):
+        root, system, question, reply = rows  # as the service stores a new conversation
         assert str(root[0]) == answer["conversation_id"] and str(root[1]) == answer["message_id"] == str(reply[2])
         assert (root[3], root[4], root[5]) == (None, None, "")
-        assert (question[3], question[4]) == (root[2], "user") and question[5] in ("first", "second")
+        assert (system[3], system[4], system[5]) == (root[2], "system", "")
+        assert (question[3], question[4]) == (system[2], "user") and question[5] in ("first", "second")
         assert (reply[3], reply[4], reply[5], reply[6]) == (question[2], "assistant", ANSWER, MODEL)
         assert reply[7] is not None  # the upstream's usage, read from the end of its stream
-    assert len(stored) == 6
+    assert len(stored) == 8
 
 
 def test_titled_counts_new_conversations_and_their_titles(postgresql_url: str) -> None:
