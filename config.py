@@ -162,9 +162,13 @@ class Settings(BaseSettings):
     answer_lease_seconds: float = Field(default=30.0, gt=0)
     """An answer being written whose process stops vouching for it this long is marked
     interrupted by any instance."""
-    db_pool_size: int = Field(default=30, ge=1)
+    db_pool_size: int = Field(default=5, ge=1)
     """Database connections each worker keeps open once it needed them; a unit of work holds
-    one only briefly."""
+    one only briefly, and a unit that finds them all busy waits for one. Few: PostgreSQL
+    runs a process per connection, and when the cores are busy, statements waiting in the
+    pool cost less than backends waiting for a core (at 50 connections on 2 cores, 30 per
+    worker -> 10 -> 5 raised the asks a second by about a tenth; 3 was no better:
+    bench/README.md)."""
     db_max_overflow: int = Field(default=0, ge=0)
     """Connections beyond the pool under bursts, each closed as soon as it is given back: under
     a steady load that needs them, PostgreSQL starts a backend for nearly every one (20 in 8 s
