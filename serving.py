@@ -174,7 +174,7 @@ def send_whole_answers_in_one_write() -> None:
 
     gunicorn's workers build each response with `gunicorn.http.wsgi.create`, which takes the
     module's `Response` class when it is called: that class is replaced by a subclass. On
-    this 2-core machine the service's CPU per ask went down by about 0.07 ms (4 of 4
+    the 2-core machine the service's CPU per ask went down by 0.04 to 0.08 ms (seven of nine
     interleaved pairs; bench/README.md)."""
     from gunicorn import util
     from gunicorn.http import wsgi
@@ -184,7 +184,7 @@ def send_whole_answers_in_one_write() -> None:
             whole = (
                 not self.headers_sent
                 and not self.chunked
-                and not self._omits_body
+                and not getattr(self, "_omits_body", False)  # HEAD, 204, 304 (gunicorn 27's own flag)
                 and isinstance(arg, bytes)
                 and len(arg) == self.response_length
             )
