@@ -59,3 +59,29 @@ def test_create_app_alone_reads_the_project_roots_env(tmp_path: Path, fake_upstr
     assert started.stdout.split()[-1] == "200"
     assert [request.body["model"] for request in fake_upstream.requests] == ["model-from-dotenv"]
     assert (tmp_path / "dotenv.sqlite3").is_file()
+
+
+EXAMPLES_NOT_DEFAULTS = {
+    "DATABASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL", "SYSTEM_PROMPT", "LLM_PROVIDER", "CHATGPT_ACCESS_TOKEN",
+    "CHATGPT_BASE_URL", "CHATGPT_PROXY", "UPSTREAMS", "UPSTREAMS_FILE", "MODEL_CONTEXT_WINDOWS", "WORKERS",
+    "RATE_LIMIT", "REDIS_URL", "CORS_ORIGINS", "PROMETHEUS_MULTIPROC_DIR",
+}
+"""Settings that `.env.example` shows with a value to fill in or copy, not with their default."""
+
+
+def test_env_example_names_only_settings_and_shows_their_defaults() -> None:
+    """Every `NAME=value` line of `.env.example` (commented or not) is a setting, and unless it
+    is shown as an example, its value is the setting's default: the file does not drift."""
+    shown: dict[str, str] = {}
+    for line in (PROJECT_ROOT / ".env.example").read_text(encoding="utf-8").splitlines():
+        name, equals, value = line.lstrip("# ").partition("=")
+        if equals and name.isupper() and name.replace("_", "").isalnum():
+            shown[name] = value
+    assert set(shown) <= SETTING_NAMES
+    assert EXAMPLES_NOT_DEFAULTS <= set(shown)
+    for name, value in shown.items():
+        if name in EXAMPLES_NOT_DEFAULTS:
+            continue
+        default = Settings.model_fields[name.lower()].default
+        parsed = type(default)(value) if not isinstance(default, bool) else value.lower() == "true"
+        assert parsed == default, f"{name}={value} in .env.example, but its default is {default!r}"
