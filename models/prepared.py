@@ -8,8 +8,8 @@ psycopg2 and the round trip together (0.37 against 0.20 ms per answer's statemen
 gevent process). So the statement is rendered for psycopg2 once, its parameters go through
 the same bind processors SQLAlchemy would apply, and a failure comes out as SQLAlchemy's
 own `DBAPIError`, the connection invalidated when it is lost, as `execute` does: the unit
-of work reads failures the same way. On a Session (work that needs a transaction) the
-statement runs through SQLAlchemy as any other.
+of work reads failures the same way. On a Session (work that needs a transaction), and on
+SQLite, the statement runs through SQLAlchemy as any other.
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ class Prepared:
                 self._processors[name] = processor
 
     def run(self, work: Session | Connection, parameters: Mapping[str, Any]) -> int:
-        """Run it; how many rows it wrote."""
-        if not isinstance(work, Connection):
+        """Run it; how many rows it wrote. On a Session, or on a database other than
+        PostgreSQL (SQLite), the clause runs through SQLAlchemy as any other."""
+        if not isinstance(work, Connection) or work.dialect.name != "postgresql":
             return work.execute(self.clause, parameters).rowcount  # type: ignore[attr-defined, no-any-return]
         values = dict(parameters)
         for name, processor in self._processors.items():

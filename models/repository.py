@@ -133,10 +133,10 @@ _NAME_IF_UNTITLED = Prepared(
         "WHERE id = :conversation_id AND title = :untitled"
     ).bindparams(bindparam("conversation_id", type_=_CONVERSATIONS.c.id.type))
 )
-"""A generated title, unless the conversation was renamed meanwhile: plain SQL on PostgreSQL,
-run on the connection's cursor as the ask's two statements are (every new conversation runs
-it; built from SQLAlchemy's constructs it went through their cache key and the compiled
-cache each time)."""
+"""A generated title, unless the conversation was renamed meanwhile: plain SQL, run on
+PostgreSQL on the connection's cursor as the ask's two statements are (every new
+conversation runs it; built from SQLAlchemy's constructs it went through their cache key
+and the compiled cache each time)."""
 
 
 @functools.cache
@@ -250,11 +250,7 @@ class Statements:
 
     def name_if_untitled(self, conversation_id: uuid.UUID, title: str) -> None:
         """Give a generated title, unless the conversation was renamed meanwhile."""
-        parameters = {"conversation_id": conversation_id, "title": title, "untitled": DEFAULT_TITLE}
-        if self._postgresql:
-            _NAME_IF_UNTITLED.run(self.work, parameters)
-        else:
-            self.work.execute(_NAME_IF_UNTITLED.clause, parameters)
+        _NAME_IF_UNTITLED.run(self.work, {"conversation_id": conversation_id, "title": title, "untitled": DEFAULT_TITLE})
 
     # -- reading, outside a transaction (`UnitOfWork(reads_only=True)`) -------
 
